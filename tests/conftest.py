@@ -1,0 +1,25 @@
+"""Shared test helpers: where the official SiT reference outputs live (``../shared/fixtures``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+OFFICIAL_FIXTURES = REPO_ROOT.parent / "shared" / "fixtures" / "official_sit" / "public"
+
+
+@pytest.fixture(scope="session")
+def official_dir() -> Path:
+    """Folder of the official SiT reference tensors (read its README before writing a test)."""
+    if not OFFICIAL_FIXTURES.is_dir():
+        pytest.fail(f"official SiT fixtures not found at {OFFICIAL_FIXTURES}")
+    return OFFICIAL_FIXTURES
+
+
+def load_official(name: str) -> dict:
+    """Load ``<name>.safetensors`` from the official fixtures as a dict of CPU tensors."""
+    from safetensors.torch import load_file
+
+    return load_file(str(OFFICIAL_FIXTURES / f"{name}.safetensors"))
