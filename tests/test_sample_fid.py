@@ -1,0 +1,176 @@
+"""FID evaluation: the ADM metrics (against analytic values and brute-force references), the extractors, the
+ADM ``.npz`` format, and ``training/sample_fid.py`` under 1 and 2 processes with resume after SIGKILL."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from sit_diffusers.fid import (
+    DigitFeatureExtractor,
+    FeatureExtractor,
+    Features,
+    FIDStatistics,
+    InceptionExtractor,
+    compute_metrics,
+    extract_features,
+    frechet_distance,
+    inception_score,
+    load_npz_images,
+    precision_recall,
+    save_npz_images,
+)
+
+# ----------------------------------------------------------------------------------------------- metrics
+
+
+def test_frechet_distance_of_diagonal_gaussians_is_analytic():
+    rng = np.random.default_rng(0)
+    mu_a, mu_b = rng.normal(size=5), rng.normal(size=5)
+    var_a, var_b = rng.uniform(0.1, 3, size=5), rng.uniform(0.1, 3, size=5)
+    expected = np.sum((mu_a - mu_b) ** 2) + np.sum((np.sqrt(var_a) - np.sqrt(var_b)) ** 2)
+    got = frechet_distance(FIDStatistics(mu_a, np.diag(var_a)), FIDStatistics(mu_b, np.diag(var_b)))
+    assert got == pytest.approx(expected, rel=1e-10, abs=1e-12)
+
+
+def test_frechet_distance_matches_scipy_sqrtm_on_full_covariances():
+    from scipy import linalg
+
+    rng = np.random.default_rng(1)
+    a, b = rng.normal(size=(200, 6)), rng.normal(size=(150, 6)) @ rng.normal(size=(6, 6)) + 0.5
+    sa, sb = FIDStatistics.from_features(a), FIDStatistics.from_features(b)
+    covmean = linalg.sqrtm(sa.sigma @ sb.sigma).real  # the ADM / TTUR formula
+    diff = sa.mu - sb.mu
+    expected = diff @ diff + np.trace(sa.sigma) + np.trace(sb.sigma) - 2 * np.trace(covmean)
+    assert frechet_distance(sa, sb) == pytest.approx(expected, rel=1e-8)
+    assert frechet_distance(sa, sa) == pytest.approx(0.0, abs=1e-9)
+    assert frechet_distance(sa, sb) == pytest.approx(frechet_distance(sb, sa), rel=1e-8)  # symmetric
+
+
+def test_inception_score_bounds_and_splits():
+    k = 7
+    assert inception_score(np.zeros((50, k))) == pytest.approx(1.0)  # every p(y|x) uniform: KL = 0
+    confident = np.full((70, k), -50.0)
+    confident[np.arange(70), np.arange(70) % k] = 50.0  # one-hot, classes equally used -> IS = k
+    assert inception_score(confident) == pytest.approx(k, rel=1e-6)
+    # two splits of 70: one confident (k), one uniform (1): ADM averages the split scores
+    both = np.concatenate([confident, np.zeros((70, k))])
+    assert inception_score(both, split_size=70) == pytest.approx((k + 1) / 2, rel=1e-6)
+    # softmax invariance: adding a per-row constant changes nothing
+    rng = np.random.default_rng(2)
+    logits = rng.normal(size=(40, k))
+    shifted = logits + rng.normal(size=(40, 1))
+    assert inception_score(logits) == pytest.approx(inception_score(shifted), rel=1e-12)
+
+
+def _brute_force_pr(ref: np.ndarray, fake: np.ndarray, k: int) -> tuple[float, float]:
+    def radii(x):
+        return np.array([np.sort([np.linalg.norm(p - q) for q in x])[k] for p in x])  # [0] is itself
+
+    def inside(points, centers, r):
+        return np.mean([any(np.linalg.norm(p - c) <= rc for c, rc in zip(centers, r, strict=True)) for p in points])
+
+    return inside(fake, ref, radii(ref)), inside(ref, fake, radii(fake))
+
+
+def test_precision_recall_matches_brute_force_and_limits():
+    rng = np.random.default_rng(3)
+    ref = rng.normal(size=(40, 3))
+    fake = rng.normal(size=(30, 3)) * 1.5 + 0.7
+    got = precision_recall(ref, fake, k=3, block=7)  # small blocks: the blocking must not matter
+    want = _brute_force_pr(ref, fake, 3)
+    assert got == pytest.approx(want)
+    assert 0 < got[0] < 1 and 0 < got[1] < 1
+    assert precision_recall(ref, ref.copy()) == (1.0, 1.0)
+    assert precision_recall(ref, ref + 100.0) == (0.0, 0.0)
+
+
+# ---------------------------------------------------------------------------------------------- extractors
+
+
+class _PixelStats:
+    """A stand-in extractor: per-channel means as features, and 2 logits."""
+
+    name = "pixel-stats"
+
+    def __call__(self, images: np.ndarray) -> Features:
+        x = images.astype(np.float64) / 255.0
+        feats = np.concatenate([x.mean(axis=(1, 2)), x.std(axis=(1, 2))], axis=1)  # (N, 6)
+        return Features(feats, np.stack([x.mean(axis=(1, 2, 3)), 1 - x.mean(axis=(1, 2, 3))], axis=1))
+
+
+def test_compute_metrics_with_a_pluggable_extractor():
+    rng = np.random.default_rng(4)
+    ref = rng.integers(0, 256, size=(60, 8, 8, 3), dtype=np.uint8)
+    same = ref.copy()
+    dark = (ref // 4).astype(np.uint8)
+    extractor = _PixelStats()
+    assert isinstance(extractor, FeatureExtractor)
+    m_same = compute_metrics(same, ref, extractor, batch_size=16)
+    m_dark = compute_metrics(dark, ref, extractor, batch_size=16)
+    assert m_same.fid == pytest.approx(0.0, abs=1e-9)
+    assert (m_same.precision, m_same.recall) == (1.0, 1.0)
+    assert m_dark.fid > 0.1 and m_dark.precision == 0.0
+    assert m_dark.num_samples == 60 and m_dark.extractor == "pixel-stats"
+    feats = extract_features(extractor, ref, batch_size=7)  # batching gives the same features
+    np.testing.assert_allclose(feats.features, extractor(ref).features)
+
+
+class _TinyInception(torch.nn.Module):
+    """The interface of NVIDIA's TorchScript FID Inception: uint8 NCHW in; features or probabilities out."""
+
+    def forward(self, x: torch.Tensor, return_features: bool = False, no_output_bias: bool = False):
+        x = x.to(torch.float32) / 255.0  # (N, 3, H, W)
+        if return_features:
+            return x.mean(dim=(2, 3))  # (N, 3)
+        return torch.softmax(torch.stack([x.mean(dim=(1, 2, 3)), -x.mean(dim=(1, 2, 3))], dim=1), dim=1)
+
+
+def test_inception_extractor_loads_torchscript_and_feeds_uint8_nchw(tmp_path):
+    path = tmp_path / "inception.pt"
+    torch.jit.save(torch.jit.script(_TinyInception()), str(path))
+    extractor = InceptionExtractor.from_file(path)
+    rng = np.random.default_rng(5)
+    images = rng.integers(0, 256, size=(4, 5, 6, 3), dtype=np.uint8)  # NHWC, channels differ
+    out = extractor(images)
+    np.testing.assert_allclose(out.features, images.mean(axis=(1, 2)) / 255.0, rtol=1e-6)
+    m = images.mean(axis=(1, 2, 3)) / 255.0
+    probs = np.exp(np.stack([m, -m], 1)) / np.exp(np.stack([m, -m], 1)).sum(1, keepdims=True)
+    np.testing.assert_allclose(np.exp(out.logits), probs, rtol=1e-5)
+    with pytest.raises(FileNotFoundError, match="docs/fid.md"):
+        InceptionExtractor.from_file(tmp_path / "missing.pt")
+
+
+def test_digit_extractor_maps_uint8_to_the_classifier_range():
+    from sit_diffusers.evaluation import DigitClassifier
+
+    torch.manual_seed(0)
+    clf = DigitClassifier().eval()
+    extractor = DigitFeatureExtractor(clf)
+    rng = np.random.default_rng(6)
+    grey = rng.integers(0, 256, size=(5, 28, 28, 1), dtype=np.uint8)
+    out = extractor(grey)
+    x = torch.from_numpy(grey[..., 0].astype(np.float32))[:, None] / 255.0 * 2 - 1  # (5, 1, 28, 28) in [-1, 1]
+    with torch.no_grad():
+        np.testing.assert_allclose(out.features, clf.features(x).numpy(), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(out.logits, clf(x).numpy(), rtol=1e-5, atol=1e-6)
+    rgb = np.repeat(grey, 3, axis=-1)  # a grey picture stored as RGB gives the same features
+    np.testing.assert_allclose(extractor(rgb).features, out.features)
+    with pytest.raises(ValueError, match="28 x 28"):
+        extractor(np.zeros((1, 32, 32, 3), np.uint8))
+
+
+# ------------------------------------------------------------------------------------------------- ADM npz
+
+
+def test_npz_round_trip_is_adm_format(tmp_path):
+    images = np.random.default_rng(7).integers(0, 256, size=(3, 4, 4, 3), dtype=np.uint8)
+    path = save_npz_images(tmp_path / "samples.npz", images)
+    with np.load(path) as data:
+        assert list(data.keys()) == ["arr_0"]
+        assert data["arr_0"].dtype == np.uint8 and data["arr_0"].shape == (3, 4, 4, 3)
+    np.testing.assert_array_equal(load_npz_images(path), images)
+    assert [p.name for p in tmp_path.iterdir()] == ["samples.npz"]  # no temp file left
+    with pytest.raises(ValueError, match="uint8"):
+        save_npz_images(tmp_path / "bad.npz", images.astype(np.float32))
