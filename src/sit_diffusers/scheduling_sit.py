@@ -1,0 +1,488 @@
+"""``SiTSampler``: the SiT samplers (probability-flow ODE and reverse SDE) as a diffusers scheduler.
+
+Time runs as in the official code (t = 0 noise, t = 1 data, forward in t); the network gets raw SiT time.
+Two entries:
+
+* the diffusers loop for fixed-step solvers (ODE ``euler`` / ``heun``, SDE ``euler``)::
+
+      sampler.set_timesteps(n)
+      for t in sampler.timesteps:                      # SiT times of the model calls
+          out = model(x, t.expand(len(x)), y).sample   # velocity / score / noise, as configured
+          x = sampler.step(out, t, x, generator=g).prev_sample
+
+* :meth:`SiTSampler.sample` for every solver, adaptive ones included, which takes ``model_fn(x, t)``.
+
+``num_inference_steps`` counts solver steps; the mapping to the official ``--num-sampling-steps N``
+(whose grid is ``linspace(t0, t1, N)``):
+
+* ODE, fixed-step solvers: official ``N`` = ours ``N - 1`` (N grid points are N - 1 steps);
+  adaptive solvers: ``num_inference_steps`` only sets the output grid of the trajectory, the final
+  sample does not depend on it (the solver picks its own steps), so ours ``N`` = official ``N``.
+* SDE with a last step (``mean`` / ``tweedie`` / ``euler``): official ``N`` = ours ``N``
+  (``N - 1`` stochastic steps on ``linspace(t0, 1 - last_step_size, N)`` + the last step);
+  without a last step: official ``N`` = ours ``N - 1``.
+
+The SDE evaluates the network once per Euler-Maruyama step (the official code calls it twice, once for
+the drift and once for the score, for the same numbers), so ``sde-euler`` at 250 steps is 250 network
+evaluations (official: 500).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.schedulers.scheduling_utils import SchedulerMixin, SchedulerOutput
+from diffusers.utils import BaseOutput
+from diffusers.utils.torch_utils import randn_tensor
+from torch import Tensor
+
+from .interpolants import (
+    Interpolant,
+    default_eps,
+    expand_t_like_x,
+    get_interpolant,
+    resolve_diffusion_form,
+    resolve_path_type,
+    resolve_prediction,
+    sampling_interval,
+)
+from .solvers import (
+    ODE_ADAPTIVE_SOLVERS,
+    ODE_FIXED_SOLVERS,
+    SDE_SOLVERS,
+    euler_maruyama_step,
+    euler_step,
+    integrate_adaptive,
+    integrate_fixed,
+)
+
+ModelFn = Callable[[Tensor, Tensor], Tensor]
+Generator = torch.Generator | list[torch.Generator] | None
+
+MODES: tuple[str, ...] = ("ode", "sde")
+LAST_STEPS: tuple[str, ...] = ("mean", "tweedie", "euler")
+_SOLVER_ALIASES = {"heun2": "heun"}
+# the SBDM diffusion is singular at t = 0 on Linear/GVP: the start used when sample_eps is left to default
+SBDM_DEFAULT_EPS = 1e-3
+
+SAMPLER_PRESETS: dict[str, dict[str, Any]] = {
+    # official sample.py ODE defaults (train_utils.parse_ode_args): dopri5, atol 1e-6, rtol 1e-3;
+    # sample_ode's num_steps=50 output points (the adaptive solver picks its own steps)
+    "ode-dopri5": {"config": {"mode": "ode", "solver": "dopri5", "atol": 1e-6, "rtol": 1e-3}, "num_inference_steps": 50},
+    "ode-euler": {"config": {"mode": "ode", "solver": "euler"}, "num_inference_steps": 250},
+    "ode-heun": {"config": {"mode": "ode", "solver": "heun"}, "num_inference_steps": 125},
+    # official sample.py SDE defaults (train_utils.parse_sde_args): Euler-Maruyama, w_t = sigma_t,
+    # norm 1, "Mean" last step of size 0.04, --num-sampling-steps 250
+    "sde-euler": {
+        "config": {
+            "mode": "sde", "solver": "euler", "diffusion_form": "sigma", "diffusion_norm": 1.0,
+            "last_step": "mean", "last_step_size": 0.04,
+        },
+        "num_inference_steps": 250,
+    },
+    "sde-heun": {
+        "config": {
+            "mode": "sde", "solver": "heun", "diffusion_form": "sigma", "diffusion_norm": 1.0,
+            "last_step": "mean", "last_step_size": 0.04,
+        },
+        "num_inference_steps": 250,
+    },
+    # SiT-XL/2 FID-50K 2.06 (Ma et al. 2024, arXiv 2401.08740, abstract and Table 9, "SiT-XL (cfg=1.5, SDE)"):
+    # the reverse SDE with diffusion w_t = sigma_t, 250 Euler-Maruyama steps with the 0.04 "Mean" last step
+    # (the official sample.py / sample_ddp.py SDE settings). Guidance scale 1.5 is the pipeline's argument.
+    "paper-fid": {
+        "config": {
+            "path_type": "linear", "prediction": "velocity", "mode": "sde", "solver": "euler",
+            "diffusion_form": "sigma", "diffusion_norm": 1.0, "last_step": "mean", "last_step_size": 0.04,
+        },
+        "num_inference_steps": 250,
+    },
+}
+
+
+@dataclass
+class SiTSamplerOutput(BaseOutput):
+    """Result of :meth:`SiTSampler.sample`.
+
+    Args:
+        sample: final state ``(N, C, H, W)`` (data at t = 1; noise at t = 0 when ``reverse``).
+        trajectory: ``(K + 1, N, C, H, W)`` states after each step, the initial noise first (``None``
+            unless ``return_trajectory``). For adaptive solvers the states at the output grid.
+        nfe: number of ``model_fn`` calls made.
+    """
+
+    sample: Tensor
+    trajectory: Tensor | None = None
+    nfe: int = 0
+
+
+class SiTSampler(SchedulerMixin, ConfigMixin):
+    """Samplers of SiT (Ma et al. 2024, Sec. 2.4): the probability-flow ODE ``dx = v dt`` and the reverse
+    SDE ``dx = [v + D_t s] dt + sqrt(2 D_t) dW`` (``w_t = 2 D_t``), integrated from noise at ``t0`` to data.
+
+    Args:
+        path_type: ``"linear"``, ``"gvp"`` or ``"vp"`` (the interpolant the model was trained with).
+        prediction: what the network predicts, ``"velocity"``, ``"score"`` or ``"noise"``.
+        mode: ``"ode"`` or ``"sde"``.
+        solver: ODE ``"euler"``, ``"heun"`` (``"heun2"``), ``"midpoint"``, ``"rk4"`` or the adaptive
+            torchdiffeq ``"dopri5"``, ``"dopri8"``, ``"bosh3"``, ``"fehlberg2"``, ``"adaptive_heun"``;
+            SDE ``"euler"`` (Euler-Maruyama) or ``"heun"``.
+        diffusion_form: SDE diffusion ``D_t`` (:meth:`Interpolant.diffusion`): ``"constant"``, ``"SBDM"``,
+            ``"sigma"``, ``"linear"``, ``"decreasing"``, ``"increasing-decreasing"``.
+        diffusion_norm: scale of ``D_t``.
+        last_step: SDE only: ``"mean"`` (``x + (v + D s) h``), ``"tweedie"`` (``(x + sigma^2 s) / alpha``),
+            ``"euler"`` (``x + v h``) or ``None`` (stop at ``1 - sample_eps``); ``h = last_step_size``.
+        last_step_size: size ``h`` of the last step; the SDE ends at ``1 - h``.
+        sample_eps: distance kept from singular ends; ``None``: the official default per path and
+            prediction (VP 1e-3, Linear/GVP score/noise 1e-3, Linear/GVP velocity 0).
+        train_eps: the training-time epsilon of the model (``None``: official default); only used by
+            :meth:`objective`, which builds the matching training objective.
+        atol, rtol: tolerances of adaptive ODE solvers.
+        reverse: ODE only: integrate from data (t = 1) to noise (t = 0), for inversion.
+        vp_sigma_min, vp_sigma_max: the VP path's beta range.
+    """
+
+    config_name = "scheduler_config.json"
+
+    @register_to_config
+    def __init__(
+        self,
+        path_type: str = "linear",
+        prediction: str = "velocity",
+        mode: str = "sde",
+        solver: str = "euler",
+        diffusion_form: str = "sigma",
+        diffusion_norm: float = 1.0,
+        last_step: str | None = "mean",
+        last_step_size: float = 0.04,
+        sample_eps: float | None = None,
+        train_eps: float | None = None,
+        atol: float = 1e-6,
+        rtol: float = 1e-3,
+        reverse: bool = False,
+        vp_sigma_min: float = 0.1,
+        vp_sigma_max: float = 20.0,
+    ) -> None:
+        self._path = resolve_path_type(path_type)
+        self._prediction = resolve_prediction(prediction)
+        self._mode = str(mode).lower()
+        if self._mode not in MODES:
+            raise ValueError(f"unknown mode {mode!r}; valid: {', '.join(MODES)}")
+        name = _SOLVER_ALIASES.get(str(solver).lower(), str(solver).lower())
+        valid = list(ODE_FIXED_SOLVERS) + list(ODE_ADAPTIVE_SOLVERS) if self._mode == "ode" else list(SDE_SOLVERS)
+        if name not in valid:
+            raise ValueError(f"unknown {self._mode.upper()} solver {solver!r}; valid: {', '.join(valid)}")
+        self._solver = name
+        self._form = resolve_diffusion_form(diffusion_form)
+        ls = None if last_step is None or str(last_step).lower() == "none" else str(last_step).lower()
+        if ls is not None and ls not in LAST_STEPS:
+            raise ValueError(f"unknown last_step {last_step!r}; valid: {', '.join(LAST_STEPS)}, None")
+        self._last_step = ls if self._mode == "sde" else None
+        if self._last_step is not None and not last_step_size > 0:
+            raise ValueError(f"last_step {ls!r} needs last_step_size > 0, got {last_step_size}")
+        if reverse and self._mode == "sde":
+            raise ValueError("reverse=True is for the ODE (data -> noise); the SDE runs noise -> data only")
+
+        self._interp: Interpolant = (
+            get_interpolant("vp", sigma_min=vp_sigma_min, sigma_max=vp_sigma_max)
+            if self._path == "vp"
+            else get_interpolant(self._path)
+        )
+        default_train, default_sample = default_eps(self._path, self._prediction)
+        eps = default_sample if sample_eps is None else float(sample_eps)
+        self._train_eps = default_train if train_eps is None else float(train_eps)
+        needs_start_eps = self._path != "vp" and (
+            self._prediction != "velocity" or (self._mode == "sde" and self._form == "SBDM")
+        )
+        if needs_start_eps and eps <= 0:
+            if sample_eps is None:  # official default 0 here gives NaN (SBDM is infinite at t = 0)
+                eps = SBDM_DEFAULT_EPS
+            else:
+                raise ValueError(
+                    f"sample_eps={sample_eps} is singular for {self._path}/{self._prediction}"
+                    f"{' with SBDM diffusion' if self._form == 'SBDM' else ''}: t = 0 (and t = 1) divide by zero; "
+                    "use sample_eps > 0 (e.g. 1e-3)"
+                )
+        self._sample_eps = eps
+        lss = float(last_step_size) if self._last_step is not None else 0.0
+        self._interval = sampling_interval(
+            self._path, self._prediction, eps, sde=self._mode == "sde", diffusion_form=self._form, last_step_size=lss
+        )
+        self.init_noise_sigma = 1.0
+        self.num_inference_steps: int | None = None
+        self.timesteps = torch.empty(0)
+        self._grid = torch.empty(0)
+        self._step_index = 0
+        self._heun_cache: tuple[Tensor, Tensor] | None = None
+
+    # ------------------------------------------------------------------------------------------------
+    # construction helpers
+    # ------------------------------------------------------------------------------------------------
+    @classmethod
+    def from_preset(cls, name: str, **overrides: Any) -> SiTSampler:
+        """Sampler from a named preset of :data:`SAMPLER_PRESETS`; ``overrides`` replace config values.
+
+        The preset's default step count is ``SAMPLER_PRESETS[name]["num_inference_steps"]``.
+        """
+        if name not in SAMPLER_PRESETS:
+            raise ValueError(f"unknown preset {name!r}; valid: {', '.join(SAMPLER_PRESETS)}")
+        return cls(**{**SAMPLER_PRESETS[name]["config"], **overrides})
+
+    @property
+    def interpolant(self) -> Interpolant:
+        """The path object (``alpha``, ``sigma``, conversions)."""
+        return self._interp
+
+    @property
+    def interval(self) -> tuple[float, float]:
+        """``(t0, t1)``: the sampler integrates forward from ``t0`` (noise) to ``t1`` (then the last step)."""
+        return self._interval
+
+    @property
+    def is_adaptive(self) -> bool:
+        return self._solver in ODE_ADAPTIVE_SOLVERS
+
+    @property
+    def order(self) -> int:  # type: ignore[override]
+        """Entries of ``timesteps`` per inference step (diffusers' meaning): 2 for the ODE Heun, else 1."""
+        return 2 if (self._mode == "ode" and self._solver == "heun") else 1
+
+    def objective(self, **overrides: Any) -> Any:
+        """The training objective matching this sampler's path, prediction and ``train_eps``."""
+        from .losses import SiTObjective
+
+        kwargs = {
+            "path_type": self._path, "prediction": self._prediction,
+            "train_eps": self._train_eps, "sample_eps": self._sample_eps,
+        }
+        return SiTObjective(**{**kwargs, **overrides})
+
+    def num_model_evaluations(self, num_inference_steps: int) -> int | None:
+        """Network calls of :meth:`sample` (``None`` for adaptive solvers, which choose their steps)."""
+        n = int(num_inference_steps)
+        if self.is_adaptive:
+            return None
+        if self._mode == "ode":
+            return n * ODE_FIXED_SOLVERS[self._solver].evals
+        evals = SDE_SOLVERS[self._solver].evals
+        if self._last_step is None:
+            return n * evals
+        return (n - 1) * evals + 1
+
+    # ------------------------------------------------------------------------------------------------
+    # grid
+    # ------------------------------------------------------------------------------------------------
+    def _time_grid(self, n: int, device: torch.device | str | None, dtype: torch.dtype) -> Tensor:
+        """Solver grid: ODE ``linspace(t0, t1, n + 1)`` (reversed for ``reverse``); SDE
+        ``linspace(t0, t1, n)`` with a last step (it makes step ``n``), else ``linspace(t0, t1, n + 1)``."""
+        if n < 1:
+            raise ValueError(f"num_inference_steps must be >= 1, got {n}")
+        t0, t1 = self._interval
+        if self._mode == "sde" and self._last_step is not None:
+            if n < 2:
+                raise ValueError("an SDE with a last step needs num_inference_steps >= 2")
+            points = n
+        else:
+            points = n + 1
+        if self.config.reverse:
+            t0, t1 = t1, t0
+        return torch.linspace(t0, t1, points, dtype=dtype, device=device)
+
+    def set_timesteps(self, num_inference_steps: int, device: torch.device | str | None = None) -> None:
+        """Prepare the step loop. ``timesteps`` are the SiT times of the model calls, in call order
+        (the Heun ODE calls twice per step: at ``t_k`` and at ``t_{k+1}``)."""
+        if self.is_adaptive or (self._mode == "sde" and self._solver != "euler") or self._solver in ("midpoint", "rk4"):
+            raise NotImplementedError(
+                f"step() supports ODE euler/heun and SDE euler; use sample() for {self._mode} {self._solver}"
+            )
+        self.num_inference_steps = int(num_inference_steps)
+        grid = self._time_grid(self.num_inference_steps, device, torch.float32)
+        self._grid = grid
+        if self._mode == "ode" and self._solver == "heun":
+            pairs = torch.stack([grid[:-1], grid[1:]], dim=1)  # (n, 2)
+            self.timesteps = pairs.reshape(-1)
+        elif self._mode == "sde" and self._last_step is not None:
+            self.timesteps = grid.clone()  # n - 1 stochastic steps, then the last step at t1
+        else:
+            self.timesteps = grid[:-1].clone()
+        self._step_index = 0
+        self._heun_cache = None
+
+    def scale_model_input(self, sample: Tensor, timestep: Tensor | float | None = None) -> Tensor:
+        """Identity: SiT feeds the state to the network unscaled."""
+        return sample
+
+    def add_noise(self, original_samples: Tensor, noise: Tensor, timesteps: Tensor | float) -> Tensor:
+        """The interpolant ``x_t = alpha_t x1 + sigma_t x0`` (``timesteps`` in SiT time, ``(N,)`` or scalar)."""
+        t = torch.as_tensor(timesteps, device=original_samples.device)
+        if t.ndim == 0:
+            t = t.expand(original_samples.shape[0])
+        return self._interp.compute_xt(noise, original_samples, t.to(original_samples.dtype))
+
+    def brownian_noise(
+        self, shape: tuple[int, ...], generator: Generator, device: torch.device | str, dtype: torch.dtype
+    ) -> Tensor:
+        """Standard normal draw of one Brownian increment (every SDE step calls this once, in order).
+
+        A list of generators draws element ``i`` from ``generator[i]``, so a sample does not depend on the
+        batch it is in. Override it to replay recorded noise.
+        """
+        return randn_tensor(shape, generator=generator, device=torch.device(device), dtype=dtype)
+
+    # ------------------------------------------------------------------------------------------------
+    # drift assembly: one network output -> ODE / SDE drift
+    # ------------------------------------------------------------------------------------------------
+    def _vs(self, out: Tensor, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        return self._interp.velocity_and_score(out.to(x.dtype), self._prediction, x, t)
+
+    def _diffusion(self, t: Tensor, x: Tensor) -> Tensor:
+        return self._interp.diffusion(expand_t_like_x(t, x), self._form, self.config.diffusion_norm)
+
+    def ode_drift(self, out: Tensor, x: Tensor, t: Tensor) -> Tensor:
+        """Probability-flow velocity from a network output ``out`` at ``(x, t)``."""
+        if self._prediction == "velocity":
+            return out.to(x.dtype)
+        return self._vs(out, x, t)[0]
+
+    def sde_drift(self, out: Tensor, x: Tensor, t: Tensor) -> Tensor:
+        """Reverse-SDE drift ``v + D_t s`` from ONE network output."""
+        v, s = self._vs(out, x, t)
+        return v + self._diffusion(t, x) * s
+
+    def _last(self, out: Tensor, x: Tensor, t: Tensor) -> Tensor:
+        h = self.config.last_step_size
+        if self._last_step == "mean":
+            return x + self.sde_drift(out, x, t) * h
+        if self._last_step == "euler":
+            return x + self.ode_drift(out, x, t) * h
+        tt = expand_t_like_x(t, x)  # tweedie: E[x1 | x_t] = (x + sigma^2 s) / alpha
+        a, _ = self._interp.alpha(tt)
+        sig, _ = self._interp.sigma(tt)
+        return x / a + sig**2 / a * self._vs(out, x, t)[1]
+
+    @staticmethod
+    def _state_dtype(x: Tensor) -> torch.dtype:
+        return torch.promote_types(x.dtype, torch.float32)
+
+    # ------------------------------------------------------------------------------------------------
+    # diffusers step API
+    # ------------------------------------------------------------------------------------------------
+    def step(
+        self,
+        model_output: Tensor,
+        timestep: Tensor | float,
+        sample: Tensor,
+        generator: Generator = None,
+        return_dict: bool = True,
+    ) -> SchedulerOutput | tuple[Tensor]:
+        """Advance one entry of ``timesteps``; ``model_output`` is the network's output at
+        ``(sample, timestep)``. The state is computed in at least float32 and returned in that dtype."""
+        if self.num_inference_steps is None:
+            raise RuntimeError("call set_timesteps() before step()")
+        i = self._step_index
+        if i >= len(self.timesteps):
+            raise RuntimeError("step() called more times than there are timesteps")
+        x = sample.to(self._state_dtype(sample))
+        out = model_output.to(x.dtype)
+        grid = self._grid.to(device=x.device, dtype=x.dtype)
+        if self._mode == "ode" and self._solver == "heun":
+            k = i // 2
+            h = grid[k + 1] - grid[k]
+            if i % 2 == 0:  # predictor: Euler to t_{k+1}, the corrector's model input
+                k1 = self.ode_drift(out, x, grid[k].expand(x.shape[0]))
+                self._heun_cache = (x, k1)
+                prev = x + h * k1
+            else:  # corrector: trapezoid
+                assert self._heun_cache is not None
+                x0, k1 = self._heun_cache
+                k2 = self.ode_drift(out, x, grid[k + 1].expand(x.shape[0]))
+                prev = x0 + h * (k1 * 0.5 + k2 * 0.5)
+                self._heun_cache = None
+        elif self._mode == "ode":
+            v = self.ode_drift(out, x, grid[i].expand(x.shape[0]))
+            prev = euler_step(lambda _x, _t: v, x, grid[i], grid[i + 1])
+        elif self._last_step is not None and i == len(self.timesteps) - 1:
+            prev = self._last(out, x, grid[i].expand(x.shape[0]))
+        else:
+            t = grid[i].expand(x.shape[0])
+            f = self.sde_drift(out, x, t)
+            noise = self.brownian_noise(tuple(x.shape), generator, x.device, x.dtype)
+            prev, _ = euler_maruyama_step(
+                lambda _x, _t: f, lambda tv: self._diffusion(tv, x), x, grid[i], grid[i + 1] - grid[i], noise
+            )
+        self._step_index += 1
+        if not return_dict:
+            return (prev,)
+        return SchedulerOutput(prev_sample=prev)
+
+    # ------------------------------------------------------------------------------------------------
+    # whole trajectory
+    # ------------------------------------------------------------------------------------------------
+    def sample(
+        self,
+        model_fn: ModelFn,
+        noise: Tensor,
+        num_inference_steps: int,
+        generator: Generator = None,
+        return_trajectory: bool = False,
+        callback: Callable[[int, Tensor, Tensor], None] | None = None,
+    ) -> SiTSamplerOutput:
+        """Integrate from ``noise`` (``(N, C, H, W)`` at ``t0``; data at ``t = 1`` when ``reverse``).
+
+        ``model_fn(x, t)`` takes ``x`` ``(N, C, H, W)`` and ``t`` ``(N,)`` in SiT time and returns the
+        network's prediction. ``callback(i, t, x)`` is called after step ``i`` with the state ``x`` reached
+        at time ``t``. Brownian increments come from :meth:`brownian_noise` with ``generator``.
+        """
+        x = noise.to(self._state_dtype(noise))
+        nfe = 0
+
+        def model(xx: Tensor, t: Tensor) -> Tensor:
+            nonlocal nfe
+            nfe += 1
+            return model_fn(xx, t).to(xx.dtype)
+
+        grid = self._time_grid(int(num_inference_steps), x.device, x.dtype)
+        if self._mode == "ode":
+            def drift(xx: Tensor, t: Tensor) -> Tensor:
+                return self.ode_drift(model(xx, t), xx, t)
+
+            if self.is_adaptive:
+                traj = integrate_adaptive(
+                    drift, x, grid, method=self._solver, atol=self.config.atol, rtol=self.config.rtol
+                )
+                if callback is not None:
+                    for i in range(1, traj.shape[0]):
+                        callback(i - 1, grid[i], traj[i])
+                final = traj[-1]
+                trajectory = traj if return_trajectory else None
+                return SiTSamplerOutput(sample=final, trajectory=trajectory, nfe=nfe)
+            states = integrate_fixed(ODE_FIXED_SOLVERS[self._solver], drift, x, grid, callback)
+        else:
+            solver = SDE_SOLVERS[self._solver]
+
+            def sde_drift(xx: Tensor, t: Tensor) -> Tensor:
+                return self.sde_drift(model(xx, t), xx, t)
+
+            def diffusion(t: Tensor) -> Tensor:
+                return self._diffusion(t, x)
+
+            states = [x]
+            n_sde = grid.shape[0] - 1
+            for i in range(n_sde):
+                w = self.brownian_noise(tuple(x.shape), generator, x.device, x.dtype)
+                x, _ = solver.step(sde_drift, diffusion, x, grid[i], grid[i + 1] - grid[i], w)
+                if callback is not None:
+                    callback(i, grid[i + 1], x)
+                states.append(x)
+            if self._last_step is not None:
+                t1 = grid[-1].expand(x.shape[0])
+                x = self._last(model(x, t1), x, t1)
+                if callback is not None:
+                    callback(n_sde, grid[-1], x)
+                states.append(x)
+        trajectory = torch.stack(states) if return_trajectory else None
+        return SiTSamplerOutput(sample=states[-1], trajectory=trajectory, nfe=nfe)
