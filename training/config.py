@@ -22,9 +22,12 @@ import typing
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, Literal, TypeVar, Union
 
 __all__ = ["TrainConfig", "ConfigError", "parse_config", "config_from_dict"]
+
+
+C = TypeVar("C")
 
 
 class ConfigError(ValueError):
@@ -165,8 +168,8 @@ class TrainConfig:
 # ---------------------------------------------------------------------------
 
 
-def _field_types() -> dict[str, Any]:
-    return typing.get_type_hints(TrainConfig)
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
 
 
 def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
@@ -179,9 +182,9 @@ def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
     return tp, False
 
 
-def _convert(name: str, value: Any) -> Any:
-    """Check/convert one value (from YAML or the CLI) to the type of field ``name``."""
-    tp, optional = _unwrap_optional(_field_types()[name])
+def _convert(cls: type, name: str, value: Any) -> Any:
+    """Check/convert one value (from YAML or the CLI) to the type of field ``name`` of ``cls``."""
+    tp, optional = _unwrap_optional(_field_types(cls)[name])
     if value is None or (optional and isinstance(value, str) and value.lower() in ("none", "null")):
         if optional:
             return None
@@ -228,20 +231,20 @@ def _convert(name: str, value: Any) -> Any:
     raise ConfigError(f"unsupported type {tp} for {name}")  # pragma: no cover - guards new fields
 
 
-def _unknown_key_error(key: str, where: str) -> ConfigError:
-    names = [f.name for f in dataclasses.fields(TrainConfig)]
+def _unknown_key_error(cls: type, key: str, where: str) -> ConfigError:
+    names = [f.name for f in dataclasses.fields(cls)]
     close = difflib.get_close_matches(key, names, n=3)
     hint = f"; did you mean {', '.join(close)}?" if close else ""
     return ConfigError(f"unknown config key {key!r} in {where}{hint}")
 
 
-def config_from_dict(values: dict[str, Any], where: str = "config") -> TrainConfig:
-    """Build a ``TrainConfig`` from a mapping (file contents or code); unknown keys raise."""
-    names = {f.name for f in dataclasses.fields(TrainConfig)}
+def config_from_dict(values: dict[str, Any], where: str = "config", cls: type[C] = TrainConfig) -> C:
+    """Build a ``cls`` config (``TrainConfig`` by default) from a mapping; unknown keys raise."""
+    names = {f.name for f in dataclasses.fields(cls)}
     for key in values:
         if key not in names:
-            raise _unknown_key_error(key, where)
-    return TrainConfig(**{key: _convert(key, value) for key, value in values.items()})
+            raise _unknown_key_error(cls, key, where)
+    return cls(**{key: _convert(cls, key, value) for key, value in values.items()})
 
 
 def _read_config_file(path: str) -> dict[str, Any]:
@@ -269,14 +272,14 @@ class _Parser(argparse.ArgumentParser):
         raise ConfigError(message)
 
 
-def _build_parser() -> _Parser:
+def _build_parser(cls: type) -> _Parser:
     parser = _Parser(
-        prog="train_sit.py", description="Train SiT with Accelerate.", allow_abbrev=False,
+        description=cls.__doc__, allow_abbrev=False,
         argument_default=argparse.SUPPRESS,
     )
-    parser.add_argument("--config", help="YAML or JSON file with TrainConfig fields")
-    for f in dataclasses.fields(TrainConfig):
-        tp, _ = _unwrap_optional(_field_types()[f.name])
+    parser.add_argument("--config", help=f"YAML or JSON file with {cls.__name__} fields")
+    for f in dataclasses.fields(cls):
+        tp, _ = _unwrap_optional(_field_types(cls)[f.name])
         if tp is bool:
             parser.add_argument(f"--{f.name}", action=argparse.BooleanOptionalAction)
         else:
@@ -284,13 +287,13 @@ def _build_parser() -> _Parser:
     return parser
 
 
-def parse_config(argv: Sequence[str] | None = None) -> TrainConfig:
+def parse_config(argv: Sequence[str] | None = None, cls: type[C] = TrainConfig) -> C:
     """Parse ``argv`` (``sys.argv[1:]`` by default): optional ``--config FILE`` then field overrides."""
-    parser = _build_parser()
+    parser = _build_parser(cls)
     args, extra = parser.parse_known_args(argv)
     if extra:
         flag = extra[0].split("=")[0]
-        names = [f"--{f.name}" for f in dataclasses.fields(TrainConfig)]
+        names = [f"--{f.name}" for f in dataclasses.fields(cls)]
         close = difflib.get_close_matches(flag, names, n=3)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
         raise ConfigError(f"unrecognized arguments: {' '.join(extra)}{hint}")
@@ -298,7 +301,7 @@ def parse_config(argv: Sequence[str] | None = None) -> TrainConfig:
     values = _read_config_file(cli.pop("config")) if "config" in cli else {}
     where = "config file"
     for key in values:
-        if key not in {f.name for f in dataclasses.fields(TrainConfig)}:
-            raise _unknown_key_error(key, where)
+        if key not in {f.name for f in dataclasses.fields(cls)}:
+            raise _unknown_key_error(cls, key, where)
     values.update(cli)
-    return config_from_dict(values, where="command line")
+    return config_from_dict(values, where="command line", cls=cls)

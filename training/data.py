@@ -329,7 +329,7 @@ class LatentDataset(torch.utils.data.Dataset):
         position, index = key
         shard = int(np.searchsorted(self._offsets, index, side="right") - 1)
         flip = int(self.random_flip and flip_for(self.seed, position))
-        row = np.asarray(self._moments[shard][index - self._offsets[shard], flip], dtype=np.float32)
+        row = np.array(self._moments[shard][index - self._offsets[shard], flip], dtype=np.float32)  # copy
         return {"moments": torch.from_numpy(row), "label": int(self._labels[index]), "position": position}
 
 

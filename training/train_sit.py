@@ -132,8 +132,11 @@ def build_data(cfg: TrainConfig, dataset: Any | None, vae_config: Any | None) ->
             raise DataError(f"latents were computed at {meta.resolution} px, config asks {cfg.resolution} px")
         if int(latents.labels.min()) < 0 or int(latents.labels.max()) >= cfg.num_classes:
             raise DataError(f"latent labels fall outside [0, num_classes={cfg.num_classes})")
+        if meta.vae_scaling_factor != cfg.vae_scaling_factor:
+            raise DataError(f"latents were made for vae_scaling_factor {meta.vae_scaling_factor}, config says "
+                            f"{cfg.vae_scaling_factor}")
         c, h, _ = meta.latent_shape
-        return DataSource(latents, "moments", c, h, meta.num_examples, meta.id2label, cfg.vae or meta.vae)
+        return DataSource(latents, "moments", c, h, meta.num_examples, meta.id2label, meta.vae)
 
     if dataset is None:
         dataset = load_image_dataset(
