@@ -76,7 +76,7 @@ def test_num_heads_from_named_config(official_sd):
     with torch.device("meta"):
         s8 = SiTTransformer2DModel.from_name("SiT-S/8", sample_size=32)
     inverse = {v: k for k, v in {k: official_to_diffusers_key(k) for k in _official_keys(12)}.items()}
-    official = {inverse[k]: torch.empty(v.shape) for k, v in s8.state_dict().items()}
+    official = {inverse[k]: torch.empty(v.shape, device="meta") for k, v in s8.state_dict().items()}
     config, _ = convert_official_state_dict(official)
     assert (config["num_heads"], config["depth"], config["hidden_size"], config["patch_size"]) == (6, 12, 384, 8)
     assert config["num_classes"] == 1000 and config["sample_size"] == 32 and config["learn_sigma"]

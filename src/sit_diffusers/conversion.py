@@ -236,7 +236,7 @@ def convert_official_state_dict(
         if tuple(value.shape) != tuple(reference[new_key].shape):
             bad_shape.append(f"{key}: {tuple(value.shape)} != expected {tuple(reference[new_key].shape)}")
             continue
-        converted[new_key] = value.detach().clone().contiguous()
+        converted[new_key] = value.detach().contiguous()  # no copy; load_state_dict copies once
     missing = sorted(set(reference) - set(converted) - {official_to_diffusers_key(k) for k in state_dict})
     problems = []
     if unknown:
