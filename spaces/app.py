@@ -79,13 +79,18 @@ class GenerationRequest:
     seed: int
 
 
+def user_error(message: str) -> gr.Error:
+    """An error for the page / API caller: shown as is, no stack trace in the page or the server log."""
+    return gr.Error(message, print_exception=False)
+
+
 def _as_int(name: str, value: Any) -> int:
     try:
         as_float = float(value)
     except (TypeError, ValueError):
-        raise gr.Error(f"{name} must be a whole number, got {value!r}.") from None
+        raise user_error(f"{name} must be a whole number, got {value!r}.") from None
     if as_float != int(as_float):
-        raise gr.Error(f"{name} must be a whole number, got {value!r}.")
+        raise user_error(f"{name} must be a whole number, got {value!r}.")
     return int(as_float)
 
 
@@ -93,9 +98,9 @@ def _as_float(name: str, value: Any) -> float:
     try:
         out = float(value)
     except (TypeError, ValueError):
-        raise gr.Error(f"{name} must be a number, got {value!r}.") from None
+        raise user_error(f"{name} must be a number, got {value!r}.") from None
     if out != out or out in (float("inf"), float("-inf")):
-        raise gr.Error(f"{name} must be a finite number, got {value!r}.")
+        raise user_error(f"{name} must be a finite number, got {value!r}.")
     return out
 
 
@@ -104,13 +109,14 @@ def resolve_classes(classes: Any, num_classes: int, id2label: dict[int, str] | N
     from sit_diffusers.labels import LabelResolver, UnknownClassLabelError
 
     if classes is None or classes == "" or classes == []:
-        raise gr.Error("Pick at least one class.")
+        raise user_error("Pick at least one class.")
     if isinstance(classes, (str, int)):
         classes = [classes]
     try:
         return LabelResolver(num_classes, id2label)(list(classes))
     except UnknownClassLabelError as err:
-        raise gr.Error(f"Unknown class: {err}") from None
+        text = str(err)
+        raise user_error(text[:1].upper() + text[1:]) from None
 
 
 def validate_request(
@@ -139,34 +145,36 @@ def validate_request(
     chosen = resolve_classes(classes, num_classes, id2label)
     n = _as_int("Number of images", num_images)
     if not 1 <= n <= max_images:
-        raise gr.Error(f"Number of images must be between 1 and {max_images}, got {n}.")
+        raise user_error(f"Number of images must be between 1 and {max_images}, got {n}.")
     mode_name = str(mode).upper()
     if mode_name not in MODES:
-        raise gr.Error(f"Sampler mode must be one of {', '.join(MODES)}, got {mode!r}.")
+        raise user_error(f"Sampler mode must be one of {', '.join(MODES)}, got {mode!r}.")
     solver_name = str(solver).lower()
     if solver_name not in SOLVERS[mode_name]:
-        raise gr.Error(
+        raise user_error(
             f"Solver {solver!r} is not available for {mode_name}; choose one of {', '.join(SOLVERS[mode_name])}."
         )
     n_steps = _as_int("Steps", steps)
     if not 1 <= n_steps <= max_steps:
-        raise gr.Error(f"Steps must be between 1 and {max_steps}, got {n_steps}.")
+        raise user_error(f"Steps must be between 1 and {max_steps}, got {n_steps}.")
     scale = _as_float("Guidance scale", guidance_scale)
     if not 1.0 <= scale <= MAX_GUIDANCE:
-        raise gr.Error(f"Guidance scale must be between 1 and {MAX_GUIDANCE:g}, got {scale:g}.")
+        raise user_error(f"Guidance scale must be between 1 and {MAX_GUIDANCE:g}, got {scale:g}.")
     lo = _as_float("Guidance interval start", interval_start)
     hi = _as_float("Guidance interval end", interval_end)
     if not 0.0 <= lo <= hi <= 1.0:
-        raise gr.Error(f"Guidance interval must satisfy 0 <= start <= end <= 1, got [{lo:g}, {hi:g}].")
+        raise user_error(f"Guidance interval must satisfy 0 <= start <= end <= 1, got [{lo:g}, {hi:g}].")
     form = str(diffusion_form)
     if form not in DIFFUSION_FORMS:
-        raise gr.Error(f"Diffusion form must be one of {', '.join(DIFFUSION_FORMS)}, got {diffusion_form!r}.")
+        raise user_error(
+            f"Diffusion form must be one of {', '.join(DIFFUSION_FORMS)}, got {diffusion_form!r}."
+        )
     norm = _as_float("Diffusion norm", diffusion_norm)
     if not 0.0 <= norm <= 10.0:
-        raise gr.Error(f"Diffusion norm must be between 0 and 10, got {norm:g}.")
+        raise user_error(f"Diffusion norm must be between 0 and 10, got {norm:g}.")
     seed_value = _as_int("Seed", seed)
     if not 0 <= seed_value <= MAX_SEED:
-        raise gr.Error(f"Seed must be between 0 and {MAX_SEED}, got {seed_value}.")
+        raise user_error(f"Seed must be between 0 and {MAX_SEED}, got {seed_value}.")
     return GenerationRequest(
         class_ids=tuple(chosen[i % len(chosen)] for i in range(n)),
         mode=mode_name.lower(),
@@ -285,7 +293,7 @@ class SiTDemo:
             torch.Generator(device="cpu").manual_seed(request.seed + i) for i in range(len(request.class_ids))
         ]
         with self._lock:
-            self.pipe.scheduler = self.make_sampler(request)
+            self.pipe.set_sampler(self.make_sampler(request))
             try:
                 start = time.perf_counter()
                 out = self.pipe(
@@ -298,9 +306,9 @@ class SiTDemo:
                 )
                 wall = time.perf_counter() - start
             except (ValueError, TypeError) as err:
-                raise gr.Error(f"Generation failed: {err}") from None
+                raise user_error(f"Generation failed: {err}") from None
             finally:
-                self.pipe.scheduler = self._base_scheduler
+                self.pipe.set_sampler(self._base_scheduler)
         nfe = getattr(out, "nfe", None)
         names = [self.label_name(i) for i in request.class_ids]
         captions = [
@@ -451,6 +459,7 @@ def build_demo(demo_state: SiTDemo) -> gr.Blocks:
             generate_fn,
             inputs=[*inputs, randomize],
             outputs=[gallery, info, seed],
+            show_progress_on=[gallery],
             api_name="generate",
             api_description="Generate images: classes (ids or names), number of images, mode, solver, steps, "
             "guidance scale, guidance interval start/end, diffusion form, diffusion norm, seed, randomize seed. "
