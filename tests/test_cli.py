@@ -1,0 +1,155 @@
+"""``sit-generate``: argument errors, grid / folder output, seeds independent of batching."""
+
+from __future__ import annotations
+
+from importlib.metadata import entry_points
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+
+import sit_diffusers
+from sit_diffusers.cli import build_parser, main, make_grid
+from sit_diffusers.modeling_sit import SiTTransformer2DModel
+from sit_diffusers.pipeline_sit import SiTPipeline
+from sit_diffusers.scheduling_sit import SiTSampler
+
+ID2LABEL = {0: "cat, kitty", 1: "dog", 2: "fish"}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny saved pixel-space pipeline (3 channels, 8 x 8, 3 classes)."""
+    torch.manual_seed(0)
+    model = SiTTransformer2DModel(
+        sample_size=8,
+        patch_size=2,
+        in_channels=3,
+        hidden_size=16,
+        depth=1,
+        num_heads=2,
+        num_classes=3,
+        learn_sigma=False,
+    )
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, 0.3)
+    folder = tmp_path_factory.mktemp("cli") / "tiny-sit"
+    SiTPipeline(model.eval(), SiTSampler.from_preset("ode-euler"), id2label=ID2LABEL).save_pretrained(folder)
+    return folder
+
+
+def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
+    try:
+        code = main(args)
+    except SystemExit as exit_:
+        code = exit_.code
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_console_script_is_declared() -> None:
+    (ep,) = [ep for ep in entry_points(group="console_scripts") if ep.name == "sit-generate"]
+    assert ep.value == "sit_diffusers.cli:main" and ep.load() is main
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--cfgg", "4"], "unrecognized arguments: --cfgg"),  # a typo is an error, not silently ignored
+        (["--mode", "ode", "--solver", "rk45"], "choose from dopri5, euler, heun"),
+        (["--mode", "sde", "--solver", "dopri5"], "choose from euler, heun"),
+        (["--preset", "fast"], "unknown --preset 'fast'"),
+        (["--preset", "paper-fid", "--solver", "euler"], "exclusive"),
+        (["--steps", "0"], "must be >= 1"),
+        (["--num-images", "-2"], "must be >= 1"),
+        (["--guidance-channels", "0"], "'all' or a positive int"),
+        (["--guidance-interval", "0.8", "0.2"], "LO <= HI"),
+        (["--out", "grid.jpg"], ".png file"),
+        (["--model", "./no/such/folder"], "not an existing folder"),
+    ],
+)
+def test_bad_arguments_exit_2_with_a_message(args: list[str], message: str, capsys, model_dir: Path) -> None:
+    base = [] if "--model" in args else ["--model", str(model_dir)]
+    code, _, err = run_cli(base + args, capsys)
+    assert code == 2
+    assert message in err and "Traceback" not in err
+
+
+def test_missing_model_and_unknown_class_are_clear(
+    capsys, model_dir: Path, monkeypatch, tmp_path: Path
+) -> None:
+    import huggingface_hub.constants as hf_constants
+
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path))
+    code, _, err = run_cli(["--model", "org/no-such-model"], capsys)
+    assert code == 2 and "'org/no-such-model' is not in the local Hub cache" in err
+    code, _, err = run_cli(["--model", str(model_dir), "--class", "kitten", "--steps", "1"], capsys)
+    assert code == 2 and "unknown class name 'kitten'" in err and "'kitty'" in err
+    if getattr(sit_diffusers, "DEFAULT_MODEL", None) is None:
+        code, _, err = run_cli([], capsys)
+        assert code == 2 and "--model is required" in err
+    else:
+        assert build_parser().parse_args([]).model == str(sit_diffusers.DEFAULT_MODEL)
+
+
+def test_grid_and_folder_agree_and_match_the_pipeline(capsys, model_dir: Path, tmp_path: Path) -> None:
+    common = ["--model", str(model_dir), "--class", "kitty", "--class", "2", "--num-images", "3"]
+    common += ["--mode", "ode", "--solver", "heun", "--steps", "2", "--cfg", "2.5", "--seed", "5", "--quiet"]
+    grid_path = tmp_path / "grid.png"
+    code, out, _ = run_cli(common + ["--out", str(grid_path)], capsys)
+    assert code == 0 and "wrote 3 images (ode-heun, cfg 2.5)" in out and "0 (cat)" in out
+    grid = np.asarray(PIL.Image.open(grid_path))
+    assert grid.shape == (2 * 8 + 2, 2 * 8 + 2, 3)  # 3 images -> 2 x 2 tiles of 8 px with 2 px gaps
+
+    folder = tmp_path / "images"
+    code, _, _ = run_cli(common + ["--out", str(folder), "--batch-size", "1"], capsys)
+    files = sorted(p.name for p in folder.iterdir())
+    assert code == 0 and files == ["0000_class0.png", "0001_class2.png", "0002_class0.png"]
+    tiles = [grid[:8, :8], grid[:8, 10:18], grid[10:18, :8]]
+    for name, tile in zip(files, tiles, strict=True):  # batch size 3 vs 1: identical images
+        np.testing.assert_array_equal(np.asarray(PIL.Image.open(folder / name)), tile)
+
+    # the same images straight from the pipeline: image i uses seed + i
+    pipe = SiTPipeline.from_pretrained(model_dir)
+    pipe.set_sampler("ode-heun")
+    pipe.set_progress_bar_config(disable=True)
+    gens = [torch.Generator().manual_seed(5 + i) for i in range(3)]
+    direct = pipe(
+        [0, 2, 0], guidance_scale=2.5, num_inference_steps=2, generator=gens, output_type="np"
+    ).images
+    for name, image in zip(files, direct, strict=True):
+        expected = (image * 255).round().astype(np.uint8)
+        np.testing.assert_array_equal(np.asarray(PIL.Image.open(folder / name)), expected)
+    assert len({np.asarray(PIL.Image.open(folder / n)).tobytes() for n in files}) == 3  # seeds differ
+
+
+def test_random_classes_from_the_seed_and_sde_mode(capsys, model_dir: Path, tmp_path: Path) -> None:
+    args = ["--model", str(model_dir), "--mode", "sde", "--steps", "3", "--num-images", "2", "--quiet"]
+    code_a, out_a, _ = run_cli(args + ["--out", str(tmp_path / "a.png")], capsys)
+    code_b, out_b, _ = run_cli(args + ["--out", str(tmp_path / "b.png")], capsys)
+    assert code_a == code_b == 0 and "sde-euler" in out_a
+    assert out_a.split("classes:")[1] == out_b.split("classes:")[1]  # same seed -> same random classes
+    a, b = (np.asarray(PIL.Image.open(tmp_path / f)) for f in ("a.png", "b.png"))
+    np.testing.assert_array_equal(a, b)
+
+
+def test_make_grid_layout() -> None:
+    tiles = [PIL.Image.new("L", (4, 3), color=c) for c in (10, 20, 30, 40, 50)]
+    grid = np.asarray(make_grid(tiles, pad=1))
+    assert grid.shape == (2 * 3 + 1, 3 * 4 + 2)  # 5 images -> 3 columns x 2 rows
+    assert (
+        grid[0, 0] == 10 and grid[0, 5] == 20 and grid[0, 10] == 30 and grid[4, 0] == 40 and grid[4, 5] == 50
+    )
+    assert grid[4, 10] == 0  # the empty cell stays black
