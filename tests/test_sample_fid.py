@@ -3,9 +3,18 @@ ADM ``.npz`` format, and ``training/sample_fid.py`` under 1 and 2 processes with
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
+from tiny_hub_repo import REPO_ROOT, build_tiny_repo
 
 from sit_diffusers.fid import (
     DigitFeatureExtractor,
@@ -21,6 +30,9 @@ from sit_diffusers.fid import (
     precision_recall,
     save_npz_images,
 )
+
+sys.path.insert(0, str(REPO_ROOT))  # `training` is a folder of the repo, not of the installed package
+from training import sample_fid  # noqa: E402
 
 # ----------------------------------------------------------------------------------------------- metrics
 
@@ -127,6 +139,7 @@ class _TinyInception(torch.nn.Module):
         return torch.softmax(torch.stack([x.mean(dim=(1, 2, 3)), -x.mean(dim=(1, 2, 3))], dim=1), dim=1)
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")
 def test_inception_extractor_loads_torchscript_and_feeds_uint8_nchw(tmp_path):
     path = tmp_path / "inception.pt"
     torch.jit.save(torch.jit.script(_TinyInception()), str(path))
@@ -174,3 +187,119 @@ def test_npz_round_trip_is_adm_format(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["samples.npz"]  # no temp file left
     with pytest.raises(ValueError, match="uint8"):
         save_npz_images(tmp_path / "bad.npz", images.astype(np.float32))
+
+
+# ------------------------------------------------------------------------------------- training/sample_fid.py
+
+SCRIPT = REPO_ROOT / "training" / "sample_fid.py"
+
+# 5 images in batches of 2 (the last one short), SDE so that the Brownian draws come from per-image seeds too
+RUN_ARGS = ["--num-samples", "5", "--batch-size", "2", "--seed", "3", "--preset", "sde-euler",
+            "--num-inference-steps", "4", "--guidance-scale", "2", "--num-threads", "1"]
+
+
+def _launch_two_processes(pipeline: Path, out: Path, port: int, *extra: str) -> subprocess.Popen:
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           "--main_process_port", str(port), str(SCRIPT), "--pipeline", str(pipeline), "--out", str(out),
+           *RUN_ARGS, *extra]
+    return subprocess.Popen(cmd, env=env, cwd=out.parent, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+
+
+def _pngs(out: Path) -> list[str]:
+    return sorted(p.name for p in (out / "samples").glob("*.png"))
+
+
+@pytest.fixture(scope="module")
+def tiny_pipeline(tmp_path_factory) -> Path:
+    return build_tiny_repo(tmp_path_factory.mktemp("fidrepo") / "SiT-tiny-fixture").folder
+
+
+@pytest.fixture(scope="module")
+@pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")
+def one_process(tiny_pipeline, tmp_path_factory):
+    """An uninterrupted single-process run (in this process) with metrics against a random reference."""
+    root = tmp_path_factory.mktemp("one")
+    weights = root / "inception.pt"
+    torch.jit.save(torch.jit.script(_TinyInception()), str(weights))
+    reference = save_npz_images(root / "ref.npz", np.random.default_rng(8).integers(0, 256, (8, 16, 16, 3), np.uint8))
+    out = root / "run"
+    result = sample_fid.main(["--pipeline", str(tiny_pipeline), "--out", str(out), *RUN_ARGS,
+                              "--reference", str(reference), "--inception-weights", str(weights)])
+    return out, result
+
+
+def test_one_process_run_writes_pngs_npz_and_metrics(one_process):
+    out, result = one_process
+    assert result["generated"] == 3 and result["skipped"] == 0
+    assert _pngs(out) == [f"{i:06d}.png" for i in range(5)]
+    samples = load_npz_images(out / "samples.npz")
+    assert samples.shape == (5, 16, 16, 3) and samples.dtype == np.uint8
+    assert len({samples[i].tobytes() for i in range(5)}) == 5  # one seed per image: all different
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["num_samples"] == 5 and metrics["num_reference"] == 8
+    assert metrics["fid"] > 0 and 0 <= metrics["precision"] <= 1 and 0 <= metrics["recall"] <= 1
+    assert metrics["inception_score"] >= 1.0
+
+
+def test_two_processes_write_the_same_npz(one_process, tiny_pipeline, tmp_path):
+    out = tmp_path / "two"
+    proc = _launch_two_processes(tiny_pipeline, out, port=29541)
+    log, _ = proc.communicate(timeout=400)
+    assert proc.returncode == 0, log[-3000:]
+    assert "process 1/2" in log  # really two processes
+    np.testing.assert_array_equal(load_npz_images(out / "samples.npz"), load_npz_images(one_process[0] / "samples.npz"))
+
+
+def test_resume_after_sigkill_neither_duplicates_nor_loses_images(one_process, tiny_pipeline, tmp_path):
+    out = tmp_path / "killed"
+    proc = _launch_two_processes(tiny_pipeline, out, 29542, "--batch-delay", "4")  # pause after each batch
+    deadline = time.time() + 300
+    while not (out / "samples").is_dir() or not _pngs(out):
+        assert proc.poll() is None and time.time() < deadline, "the run ended before it could be killed"
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)  # the launcher and both workers
+    proc.wait(timeout=60)
+    done = _pngs(out)
+    assert 0 < len(done) < 5 and not (out / "samples.npz").exists()
+    # a batch cut short (one of its PNGs gone) and an unfinished temp file, as a kill can leave them
+    (out / "samples" / done[0]).unlink()
+    (out / "samples" / f".{done[0]}.tmp12345").write_bytes(b"\x89PNG truncated")
+
+    result = sample_fid.main(["--pipeline", str(tiny_pipeline), "--out", str(out), *RUN_ARGS])  # 1 process now
+    assert result["skipped"] >= 1 and result["generated"] >= 1  # resumed, not restarted
+    assert _pngs(out) == [f"{i:06d}.png" for i in range(5)]
+    assert not list((out / "samples").glob(".*"))
+    np.testing.assert_array_equal(load_npz_images(out / "samples.npz"), load_npz_images(one_process[0] / "samples.npz"))
+
+
+def test_resume_with_other_settings_is_refused(tmp_path):
+    cfg = sample_fid.parse_args(["--pipeline", "p", "--out", str(tmp_path), *RUN_ARGS])
+    sample_fid.check_run_file(tmp_path, cfg)
+    sample_fid.check_run_file(tmp_path, cfg)  # same settings: fine
+    other = sample_fid.parse_args(["--pipeline", "p", "--out", str(tmp_path), *RUN_ARGS, "--guidance-scale", "4"])
+    with pytest.raises(SystemExit, match="guidance_scale"):
+        sample_fid.check_run_file(tmp_path, other)
+
+
+def test_seeds_labels_and_batches_do_not_depend_on_processes():
+    cfg = sample_fid.parse_args(["--pipeline", "p", "--out", "o", "--num-samples", "1000", "--batch-size", "7"])
+    seeds = {sample_fid.image_seed(s, i) for s in range(3) for i in range(1000)}
+    assert len(seeds) == 3000  # no two images share a generator, across neighbouring seeds either
+    labels = sample_fid.class_labels(cfg, 1000)
+    assert labels == sample_fid.class_labels(cfg, 1000) and len(set(labels)) > 500
+    balanced = sample_fid.parse_args(["--pipeline", "p", "--out", "o", "--num-samples", "25", "--labels", "balanced"])
+    assert sample_fid.class_labels(balanced, 10) == [i % 10 for i in range(25)]
+    batches = sample_fid.batch_ranges(1000, 7)
+    assert [i for r in batches for i in r] == list(range(1000)) and len(batches[-1]) == 1000 % 7
+    with pytest.raises(SystemExit):
+        sample_fid.parse_args(["--pipeline", "p", "--out", "o", "--labels", "uniform"])
+
+
+def test_uint8_conversion_is_the_official_one():
+    y = torch.rand(20000, dtype=torch.float64) * 2.2 - 1.1  # decoded images in about [-1, 1]
+    official = torch.clamp(127.5 * y + 128.0, 0, 255).to(torch.uint8).numpy()  # sample_ddp.py
+    ours = sample_fid.to_uint8(((y.clamp(-1, 1) + 1) / 2).numpy())  # the pipeline's [0, 1] images
+    np.testing.assert_array_equal(ours, official)
