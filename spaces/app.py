@@ -10,6 +10,7 @@ Run it with ``python spaces/app.py``. Configuration is by environment variable o
 ``SIT_CONCURRENCY``    how many generations run at once (default 1).
 ``SIT_QUEUE_SIZE``     how many requests may wait; more are refused with "queue is full" (default 16).
 ``SIT_DEVICE``         ``cuda`` / ``cpu``; default: cuda when available (or under ZeroGPU).
+``SIT_DTYPE``          ``float32`` (default) / ``float16`` / ``bfloat16`` weights.
 ``GRADIO_SERVER_NAME`` / ``GRADIO_SERVER_PORT``: where to listen (gradio's own variables).
 =====================  ===============================================================================
 
@@ -211,11 +212,16 @@ def pick_device() -> str:
     return "cuda" if spaces is not None or torch.cuda.is_available() else "cpu"
 
 
-def load_pipeline(ref: str, device: str):
-    """Load ``SiTPipeline`` from a folder or Hub id and move it to ``device``."""
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def load_pipeline(ref: str, device: str, dtype: str = "float32"):
+    """Load ``SiTPipeline`` from a folder or Hub id, in ``dtype``, on ``device``."""
     from sit_diffusers.pipeline_sit import SiTPipeline
 
-    pipe = SiTPipeline.from_pretrained(ref)
+    if dtype not in DTYPES:
+        raise SystemExit(f"SIT_DTYPE must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    pipe = SiTPipeline.from_pretrained(ref, torch_dtype=DTYPES[dtype])
     pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     return pipe
@@ -479,7 +485,7 @@ def main() -> None:
             "No model: set SIT_MODEL to a pipeline folder or Hub id (sit_diffusers has no DEFAULT_MODEL)."
         )
     device = pick_device()
-    pipe = load_pipeline(ref, device)
+    pipe = load_pipeline(ref, device, os.environ.get("SIT_DTYPE", "float32"))
     demo = build_demo(
         SiTDemo(pipe, model_name=os.path.basename(str(ref).rstrip("/")) or str(ref), device=device)
     )

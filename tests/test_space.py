@@ -14,6 +14,7 @@ The browser test drives Debian's ``/usr/bin/chromium`` with the Playwright pytho
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import re
 import socket
@@ -356,6 +357,38 @@ def test_zero_gpu_wraps_generate_with_spaces_gpu(tiny_pipe):
     fn = next(f.fn for f in demo.fns.values() if f.api_name == "generate")
     images, info, seed = fn(*generate_args(steps=2))
     assert calls and len(images) == 1 and "NFE: " in info and seed == 0
+
+
+def test_space_card_front_matter_matches_the_repo():
+    """The Space card has what the Hub needs, the gradio it was tested with, and our published models."""
+    from huggingface_hub import SpaceCard
+
+    data = SpaceCard.load(REPO_ROOT / "spaces" / "README.md").data
+    for key in ("title", "emoji", "sdk", "sdk_version", "app_file", "models", "license"):
+        assert getattr(data, key, None), key
+    assert data.sdk == "gradio" and (REPO_ROOT / "spaces" / data.app_file).is_file()
+    assert data.sdk_version.split(".")[0] == gr.__version__.split(".")[0]
+    hub_ids = {
+        json.loads(spec.read_text())["hub_repo_id"] for spec in (REPO_ROOT / "pipelines").glob("*/repo.json")
+    }
+    assert hub_ids and set(data.models) <= hub_ids, set(data.models) - hub_ids
+
+
+def test_build_space_folder_holds_the_app_and_the_package(tmp_path):
+    spec = importlib.util.spec_from_file_location("build_space", REPO_ROOT / "spaces" / "build_space.py")
+    build = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(build)
+    out = build.assemble(tmp_path / "space")
+    assert {p.name for p in out.iterdir()} == {"app.py", "README.md", "requirements.txt", "pyproject.toml", "src"}
+    requirements = [ln.strip() for ln in (out / "requirements.txt").read_text().splitlines()]
+    assert ".[space]" in requirements  # installs the package copied beside the app
+    assert re.search(r'^space = \[[^\]]*"gradio', (out / "pyproject.toml").read_text(), flags=re.M)
+    found = subprocess.run(
+        [sys.executable, "-c", "import importlib.util as u; print(u.find_spec('sit_diffusers.pipeline_sit').origin)"],
+        cwd=out, env={**os.environ, "PYTHONPATH": str(out / "src")}, capture_output=True, text=True, timeout=120,
+    )
+    assert found.returncode == 0, found.stderr
+    assert Path(found.stdout.strip()).is_relative_to(out)
 
 
 #################################################################################
