@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -131,7 +132,9 @@ class InceptionExtractor:
             with open(path, "rb") as f:
                 module = pickle.load(f)  # noqa: S301 - user-supplied trusted file, documented above
         else:
-            module = torch.jit.load(str(path), map_location="cpu")
+            with warnings.catch_warnings():  # the published port is TorchScript; torch deprecates jit.load
+                warnings.simplefilter("ignore", DeprecationWarning)
+                module = torch.jit.load(str(path), map_location="cpu")
         return cls(module, device)
 
     @torch.no_grad()
