@@ -330,3 +330,13 @@ def test_cli_reports_errors_in_one_line(capsys: pytest.CaptureFixture[str]) -> N
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert "did you mean --global_batch_size" in err and "Traceback" not in err
+
+
+def test_streaming_resume_matches_straight(assets: Path, tmp_path: Path) -> None:
+    common = dict(streaming=True, shuffle_buffer_size=4, max_train_steps=4)
+    train(tiny(assets, tmp_path / "a", **common))
+    train(tiny(assets, tmp_path / "b", **{**common, "max_train_steps": 2}))
+    train(tiny(assets, tmp_path / "b", **common, resume_from_checkpoint="latest"))
+    a = load_checkpoint(tmp_path / "a" / "checkpoints" / "checkpoint-0000004")
+    b = load_checkpoint(tmp_path / "b" / "checkpoints" / "checkpoint-0000004")
+    assert_states_equal(a, b)
