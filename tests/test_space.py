@@ -335,6 +335,36 @@ def test_class_choices_are_searchable_by_name_and_unique(app):
     assert app.class_choices(3, {0: "0", 1: "1", 2: "2"}) == [("0", "0"), ("1", "1"), ("2", "2")]
 
 
+@pytest.mark.parametrize("num_classes", [10, 1000])
+def test_every_example_row_is_a_valid_request(app, num_classes):
+    """Clicking any example must fill values that generate accepts (ImageNet rows use DiT's sample classes)."""
+    from sit_diffusers.labels import imagenet_id2label
+
+    id2label = imagenet_id2label() if num_classes == 1000 else DIGITS
+    pipe = types.SimpleNamespace(
+        transformer=types.SimpleNamespace(config=types.SimpleNamespace(num_classes=num_classes)),
+        scheduler=SiTSampler.from_preset("ode-heun"),
+        id2label=id2label,
+    )
+    rows = app.SiTDemo(pipe, "stand-in", "cpu").example_rows()
+    assert len(rows) >= 3 and {row[2] for row in rows} == {"ODE", "SDE"}
+    for row in rows:
+        req = app.validate_request(*row, num_classes=num_classes, id2label=id2label)
+        assert len(req.class_ids) == row[1]
+    if num_classes == 1000:
+        assert rows[0][0] == ["207", "360"]  # golden retriever, otter
+
+
+def test_model_defaults_to_the_embedded_one(app, monkeypatch):
+    import sit_diffusers
+
+    monkeypatch.delenv("SIT_MODEL", raising=False)
+    monkeypatch.setattr(sit_diffusers, "DEFAULT_MODEL", Path("/pkg/data/digits"), raising=False)
+    assert app.default_model_ref() == "/pkg/data/digits"
+    monkeypatch.setenv("SIT_MODEL", "sit-diffusers/SiT-XL-2-256")
+    assert app.default_model_ref() == "sit-diffusers/SiT-XL-2-256"
+
+
 def test_zero_gpu_wraps_generate_with_spaces_gpu(tiny_pipe):
     """With the ``spaces`` package importable the generate endpoint runs through ``@spaces.GPU``."""
     calls = []
