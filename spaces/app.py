@@ -28,6 +28,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 import random  # noqa: E402
+import sys  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
@@ -194,15 +195,17 @@ def validate_request(
 #################################################################################
 
 
-def default_model_ref() -> str | None:
-    """``SIT_MODEL`` if set, else the embedded model ``sit_diffusers.DEFAULT_MODEL`` when the package has one."""
-    ref = os.environ.get("SIT_MODEL")
-    if ref:
-        return ref
+def embedded_model() -> str | None:
+    """The model shipped inside the package, ``sit_diffusers.DEFAULT_MODEL`` (``None`` if it has none)."""
     import sit_diffusers
 
     default = getattr(sit_diffusers, "DEFAULT_MODEL", None)
     return str(default) if default is not None else None
+
+
+def default_model_ref() -> str | None:
+    """``SIT_MODEL`` if set, else the embedded model."""
+    return os.environ.get("SIT_MODEL") or embedded_model()
 
 
 def pick_device() -> str:
@@ -221,7 +224,8 @@ def load_pipeline(ref: str, device: str, dtype: str = "float32"):
 
     if dtype not in DTYPES:
         raise SystemExit(f"SIT_DTYPE must be one of {', '.join(DTYPES)}, got {dtype!r}")
-    pipe = SiTPipeline.from_pretrained(ref, torch_dtype=DTYPES[dtype])
+    kwargs = {} if dtype == "float32" else {"torch_dtype": DTYPES[dtype]}  # float32 is the saved dtype
+    pipe = SiTPipeline.from_pretrained(ref, **kwargs)
     pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     return pipe
@@ -385,8 +389,11 @@ sampler alone, measured on the server's {device}.
 """
 
 
-def build_demo(demo_state: SiTDemo) -> gr.Blocks:
-    """The page: controls on the left, gallery + NFE/wall time on the right, examples and explanation."""
+def build_demo(demo_state: SiTDemo, note: str | None = None) -> gr.Blocks:
+    """The page: controls on the left, gallery + NFE/wall time on the right, examples and explanation.
+
+    ``note`` (e.g. why the embedded model is served) is shown under the title.
+    """
     choices = class_choices(demo_state.num_classes, demo_state.id2label)
     examples = demo_state.example_rows()
     with gr.Blocks(title="SiT: Scalable Interpolant Transformers") as demo:
@@ -394,7 +401,7 @@ def build_demo(demo_state: SiTDemo) -> gr.Blocks:
             "# SiT: Scalable Interpolant Transformers\n"
             f"Class-conditional generation with a flow/diffusion interpolant transformer "
             f"([Ma et al. 2024](https://arxiv.org/abs/2401.08740)). Model: `{demo_state.model_name}` "
-            f"({demo_state.num_classes} classes)."
+            f"({demo_state.num_classes} classes)." + (f"\n\n**Note:** {note}" if note else "")
         )
         with gr.Row():
             with gr.Column(scale=1):
@@ -478,17 +485,31 @@ def build_demo(demo_state: SiTDemo) -> gr.Blocks:
     return demo
 
 
-def main() -> None:
-    ref = default_model_ref()
+def load_model(ref: str | None, device: str, dtype: str = "float32") -> tuple[Any, str, str | None]:
+    """Load ``ref``; if that fails (Hub unreachable, bad id) fall back to the embedded model.
+
+    Returns ``(pipeline, reference served, note for the page or None)``.
+    """
+    fallback = embedded_model()
     if ref is None:
         raise SystemExit(
             "No model: set SIT_MODEL to a pipeline folder or Hub id (sit_diffusers has no DEFAULT_MODEL)."
         )
+    try:
+        return load_pipeline(ref, device, dtype), ref, None
+    except Exception as err:  # noqa: BLE001 - any failure to load the requested model falls back
+        if fallback is None or fallback == ref:
+            raise
+        note = f"Could not load `{ref}` ({type(err).__name__}); serving the embedded model instead."
+        print(f"{note} Cause: {err}", file=sys.stderr)
+        return load_pipeline(fallback, device, dtype), fallback, note
+
+
+def main() -> None:
     device = pick_device()
-    pipe = load_pipeline(ref, device, os.environ.get("SIT_DTYPE", "float32"))
-    demo = build_demo(
-        SiTDemo(pipe, model_name=os.path.basename(str(ref).rstrip("/")) or str(ref), device=device)
-    )
+    pipe, ref, note = load_model(default_model_ref(), device, os.environ.get("SIT_DTYPE", "float32"))
+    name = os.path.basename(str(ref).rstrip("/")) or str(ref)
+    demo = build_demo(SiTDemo(pipe, model_name=name, device=device), note=note)
     demo.launch(show_error=False, footer_links=["api"])
 
 

@@ -269,8 +269,9 @@ def reference_images(pipe: SiTPipeline, app, **kw) -> tuple[list[np.ndarray], in
     overrides = {"mode": req.mode, "solver": req.solver}
     if req.mode == "sde":
         overrides.update(diffusion_form=req.diffusion_form, diffusion_norm=req.diffusion_norm)
-    base = pipe.scheduler
+    base, threads = pipe.scheduler, torch.get_num_threads()
     pipe.set_sampler(SiTSampler.from_config(base.config, **overrides))
+    torch.set_num_threads(1)  # as the server (OMP_NUM_THREADS=1): same reductions, same adaptive steps
     try:
         out = pipe(
             class_labels=list(req.class_ids),
@@ -282,6 +283,7 @@ def reference_images(pipe: SiTPipeline, app, **kw) -> tuple[list[np.ndarray], in
         )
     finally:
         pipe.set_sampler(base)
+        torch.set_num_threads(threads)
     return [np.asarray(im.convert("RGB")) for im in out.images], out.nfe
 
 
@@ -363,6 +365,23 @@ def test_model_defaults_to_the_embedded_one(app, monkeypatch):
     assert app.default_model_ref() == "/pkg/data/digits"
     monkeypatch.setenv("SIT_MODEL", "sit-diffusers/SiT-XL-2-256")
     assert app.default_model_ref() == "sit-diffusers/SiT-XL-2-256"
+
+
+def test_unreachable_hub_model_falls_back_to_the_embedded_model(app, tiny_pipeline_dir, monkeypatch):
+    import huggingface_hub.constants
+
+    import sit_diffusers
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # as a Space with no Hub access
+    monkeypatch.setattr(sit_diffusers, "DEFAULT_MODEL", tiny_pipeline_dir, raising=False)
+    pipe, ref, note = app.load_model("sit-diffusers/no-such-model", "cpu")
+    assert ref == str(tiny_pipeline_dir) and pipe.num_classes == 10
+    assert "Could not load `sit-diffusers/no-such-model` (PipelineNotFoundError)" in note
+    # the requested model itself loads without a note; no model at all is a clear exit
+    assert app.load_model(str(tiny_pipeline_dir), "cpu")[2] is None
+    monkeypatch.delattr(sit_diffusers, "DEFAULT_MODEL")
+    with pytest.raises(SystemExit, match="set SIT_MODEL"):
+        app.load_model(None, "cpu")
 
 
 def test_zero_gpu_wraps_generate_with_spaces_gpu(tiny_pipe):
