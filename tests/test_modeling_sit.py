@@ -231,3 +231,5 @@ def test_wrong_input_shape_raises():
         model(torch.randn(1, 4, 16, 16), 0.5, torch.tensor([0]))
     with pytest.raises(ValueError, match="class_labels"):
         model(torch.randn(2, 4, 8, 8), 0.5, torch.tensor([0]))
+    with pytest.raises(ValueError, match="timestep"):
+        model(torch.randn(2, 4, 8, 8), torch.rand(3), torch.tensor([0, 1]))

@@ -399,7 +399,10 @@ class SiTTransformer2DModel(ModelMixin, ConfigMixin):
         device = hidden_states.device
         if not torch.is_tensor(timestep):
             timestep = torch.tensor([float(timestep)], device=device)
-        timestep = timestep.to(device).reshape(-1).expand(n)  # (N,)
+        timestep = timestep.to(device).reshape(-1)
+        if timestep.numel() not in (1, n):
+            raise ValueError(f"timestep has {timestep.numel()} entries for a batch of {n}")
+        timestep = timestep.expand(n)  # (N,)
         class_labels = class_labels.to(device=device, dtype=torch.long).reshape(-1)  # (N,)
         if class_labels.shape[0] != n:
             raise ValueError(f"class_labels has {class_labels.shape[0]} entries for a batch of {n}")
