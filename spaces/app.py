@@ -384,8 +384,8 @@ along an interpolant `x_t = alpha_t * x_image + sigma_t * noise`. Sampling integ
 - **Diffusion form / norm** (SDE only): the diffusion coefficient `w_t` of the SDE and its scale.
 - **Seed**: image *i* uses seed + *i*, so a seed gives the same image whatever the number of images.
 
-NFE = number of network evaluations (a guided step counts once per batched call); the wall time is the
-sampler alone, measured on the server's {device}.
+NFE = number of network evaluations (a guided conditional + unconditional batch counts once); the wall
+time is the whole pipeline call (sampling and decoding), measured on the server's {device}, queue excluded.
 """
 
 
