@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -367,9 +368,18 @@ def test_callback_sees_every_step_and_progress_counts_nfe(tiny_pipe: SiTPipeline
         return tensors
 
     tiny_pipe.set_sampler("ode-heun")
+    bar_text = io.StringIO()
+    tiny_pipe.set_progress_bar_config(file=bar_text, mininterval=0)
     out = tiny_pipe([1], num_inference_steps=2, callback_on_step_end=callback, output_type="latent")
     assert [(s, round(t, 6)) for s, t, _ in seen] == [(0, 0.5), (1, 1.0)]
     assert all(shape == (1, 4, 8, 8) for _, _, shape in seen) and out.nfe == 4  # Heun: 2 per step
+    assert "4/4" in bar_text.getvalue()  # the bar counts transformer evaluations, not steps
+
+    tiny_pipe.set_sampler("ode-dopri5")  # adaptive: no total known in advance, the bar still counts
+    bar_text.seek(0)
+    bar_text.truncate()
+    out = tiny_pipe([1], output_type="latent")
+    assert f"{out.nfe}nfe" in bar_text.getvalue().replace(" ", "")
 
 
 def test_bfloat16_transformer_keeps_a_float32_sampler(tiny_pipe: SiTPipeline) -> None:

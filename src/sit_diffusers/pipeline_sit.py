@@ -139,7 +139,7 @@ class SiTPipeline(DiffusionPipeline):
             )
         else:
             if overrides:
-                sampler = SiTSampler.from_config(sampler.config, **overrides)
+                sampler = type(sampler).from_config(sampler.config, **overrides)
             self.scheduler = sampler
 
     @classmethod
@@ -307,7 +307,10 @@ class SiTPipeline(DiffusionPipeline):
         x0 = self.prepare_latents(batch, generator, latents, device)  # (N, C, S, S)
 
         total = self.scheduler.num_model_evaluations(steps)
-        bar = tqdm(total=total, unit="nfe", **getattr(self, "_progress_bar_config", {}))
+        bar = tqdm(
+            total=total,
+            **{"desc": "SiT sampling", "unit": "nfe", **getattr(self, "_progress_bar_config", {})},
+        )
         nfe = 0
 
         def count() -> None:
