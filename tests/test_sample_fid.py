@@ -257,21 +257,24 @@ def test_two_processes_write_the_same_npz(one_process, tiny_pipeline, tmp_path):
 
 def test_resume_after_sigkill_neither_duplicates_nor_loses_images(one_process, tiny_pipeline, tmp_path):
     out = tmp_path / "killed"
-    proc = _launch_two_processes(tiny_pipeline, out, 29542, "--batch-delay", "4")  # pause after each batch
+    cmd = [sys.executable, str(SCRIPT), "--pipeline", str(tiny_pipeline), "--out", str(out), *RUN_ARGS,
+           "--batch-delay", "3"]  # a pause after each batch: the kill lands after batch 1 (of 0, 1, 2)
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
     deadline = time.time() + 300
-    while not (out / "samples").is_dir() or not _pngs(out):
+    while not (out / "samples").is_dir() or len(_pngs(out)) < 3:
         assert proc.poll() is None and time.time() < deadline, "the run ended before it could be killed"
         time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)  # the launcher and both workers
+    os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=60)
     done = _pngs(out)
-    assert 0 < len(done) < 5 and not (out / "samples.npz").exists()
-    # a batch cut short (one of its PNGs gone) and an unfinished temp file, as a kill can leave them
-    (out / "samples" / done[0]).unlink()
-    (out / "samples" / f".{done[0]}.tmp12345").write_bytes(b"\x89PNG truncated")
+    assert len(done) == 4 and not (out / "samples.npz").exists()  # batches 0 and 1
+    # batch 1 cut short (one of its PNGs gone) and an unfinished temp file, as a kill can leave them
+    (out / "samples" / "000003.png").unlink()
+    (out / "samples" / ".000003.png.tmp12345").write_bytes(b"\x89PNG truncated")
 
-    result = sample_fid.main(["--pipeline", str(tiny_pipeline), "--out", str(out), *RUN_ARGS])  # 1 process now
-    assert result["skipped"] >= 1 and result["generated"] >= 1  # resumed, not restarted
+    result = sample_fid.main(["--pipeline", str(tiny_pipeline), "--out", str(out), *RUN_ARGS])
+    assert (result["skipped"], result["generated"]) == (1, 2)  # batch 0 kept, batches 1 and 2 sampled
     assert _pngs(out) == [f"{i:06d}.png" for i in range(5)]
     assert not list((out / "samples").glob(".*"))
     np.testing.assert_array_equal(load_npz_images(out / "samples.npz"), load_npz_images(one_process[0] / "samples.npz"))

@@ -60,6 +60,7 @@ class SampleConfig:
     num_inference_steps: int | None = None  # None: the preset's / pipeline's default
     guidance_scale: float = 1.0
     guidance_channels: str = "all"  # "all" or k (3 = official forward_with_cfg)
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"  # of the transformer and VAE
     reference: str | None = None  # ADM .npz of real images: compute metrics against it
     extractor: Literal["inception", "digits"] = "inception"
     inception_weights: str | None = None  # TorchScript / pickled FID Inception (docs/fid.md)
@@ -69,7 +70,7 @@ class SampleConfig:
     def sampling_settings(self) -> dict[str, Any]:
         """What determines the pixels; a resume must match it exactly."""
         keys = ("pipeline", "num_samples", "batch_size", "seed", "labels", "preset", "num_inference_steps",
-                "guidance_scale", "guidance_channels")
+                "guidance_scale", "guidance_channels", "dtype")
         return {k: getattr(self, k) for k in keys}
 
 
@@ -87,6 +88,8 @@ def parse_args(argv: list[str] | None = None) -> SampleConfig:
     cfg = SampleConfig(**vars(args))
     if cfg.labels not in ("random", "balanced"):
         parser.error(f"--labels must be 'random' or 'balanced', got {cfg.labels!r}")
+    if cfg.dtype not in ("float32", "bfloat16", "float16"):
+        parser.error(f"--dtype must be float32, bfloat16 or float16, got {cfg.dtype!r}")
     if cfg.extractor not in ("inception", "digits"):
         parser.error(f"--extractor must be 'inception' or 'digits', got {cfg.extractor!r}")
     if cfg.guidance_channels != "all" and not cfg.guidance_channels.isdigit():
@@ -189,7 +192,7 @@ def load_pipeline(cfg: SampleConfig, device: torch.device):
     if cfg.preset is not None:
         pipe.set_sampler(cfg.preset)
     pipe.set_progress_bar_config(disable=True)
-    return pipe.to(device)
+    return pipe.to(device=device, dtype=getattr(torch, cfg.dtype))
 
 
 def sample_batch(pipe, cfg: SampleConfig, indices: range, labels: list[int]) -> np.ndarray:
