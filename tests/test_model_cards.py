@@ -40,7 +40,7 @@ def test_card_renders_with_valid_metadata(name):
     for preset in SAMPLER_PRESETS:
         assert f"| `{preset}` |" in body
     assert "@inproceedings{ma2024sit" in body
-    assert f"Length: {spec.training_steps} iterations" in body
+    assert f"Length: {spec.training_steps} (" in body
 
 
 @pytest.mark.parametrize("name", sorted(SPECS))

@@ -64,7 +64,7 @@ def test_every_published_repo_has_a_consistent_spec():
         assert spec.vae_repo_id == "stabilityai/sd-vae-ft-ema"
     assert [r.value for r in specs["SiT-XL-2-256"].paper_results if r.metric == "FID-50K"][0] == 2.06
     for small in ("SiT-S-2-256", "SiT-B-2-256", "SiT-L-2-256"):
-        assert specs[small].training_steps == "800K"
+        assert specs[small].training_steps == "800K iterations"
 
 
 # ------------------------------------------------------------------------------------------------ build

@@ -67,7 +67,7 @@ class RepoSpec:
         resolution: image side in pixels; the latent side is ``resolution // 8`` with the SD VAE.
         num_classes: ImageNet-1k classes (the null class for guidance is ``num_classes``).
         source_repo_id, source_filename: the official checkpoint on the Hub.
-        training_steps: training iterations of the released weights, as their authors state them.
+        training_steps: training length of the released weights as their authors state it ("7M iterations").
         training_steps_source: where that is stated.
         default_preset, default_guidance_scale, default_class_label: the usage snippet's settings (the
             preset's own step count).
