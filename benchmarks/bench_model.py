@@ -8,8 +8,8 @@ re-creates that module structure op for op (qkv Linear -> reshape/permute -> fus
 same weights into ``SiTTransformer2DModel`` and the script checks both give the same output before timing.
 
 Rows: forward (inference mode) per model x dtype x batch, and a training step (forward + backward + AdamW,
-label dropout on) per model x dtype. Columns: best-of-``--repeats`` wall time per call (ours and official
-timed alternately), images/s, peak tensor memory.
+label dropout on) per model x dtype. Columns: best-of-``--repeats`` time per call (ours and official timed
+alternately; process CPU time by default on CPU, wall time on CUDA), images/s, peak tensor memory.
 
 Peak memory: on CUDA ``torch.cuda.max_memory_allocated``; on CPU torch's ``MemTracker`` (a dispatch-mode
 tracker of every live tensor storage: weights, activations, gradients, optimizer state), run in a separate,
@@ -184,33 +184,48 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _time_interleaved(fns: dict[str, Callable[[], object]], device: torch.device, repeats: int) -> dict[str, float]:
+CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "process": time.process_time}
+
+
+def _time_interleaved(fns: dict[str, Callable[[], object]], device: torch.device, repeats: int,
+                      clock: Callable[[], float] = time.perf_counter) -> dict[str, float]:
     """Best-of-``repeats`` seconds per callable, alternating their order every round.
 
     Interleaving puts every implementation under the same background load; the minimum is the usual
-    estimate on a shared machine (noise only ever adds time).
+    estimate on a shared machine (noise only ever adds time). ``clock`` may be ``time.process_time``
+    (CPU seconds of this process, all threads): on a CPU shared with other jobs it counts the work done,
+    not the time spent waiting for a core.
     """
     times: dict[str, list[float]] = {k: [] for k in fns}
     order = list(fns)
     for r in range(repeats):
         for key in order if r % 2 == 0 else order[::-1]:
             _sync(device)
-            t0 = time.perf_counter()
+            t0 = clock()
             fns[key]()
             _sync(device)
-            times[key].append(time.perf_counter() - t0)
+            times[key].append(clock() - t0)
     return {k: min(v) for k, v in times.items()}
 
 
 def _peak_mib(fn: Callable[[], object], device: torch.device, modules: list[nn.Module],
               optimizer: torch.optim.Optimizer | None = None) -> float:
     """Peak live tensor memory (MiB) during ``fn``, weights and optimizer state included."""
+    if optimizer is not None:
+        optimizer.zero_grad(set_to_none=True)  # start without last step's gradients, as MemTracker sees it
     if device.type == "cuda":
+        # everything already allocated (the other model, inputs) is subtracted; own weights and
+        # optimizer state are added back, so the number matches the CPU definition
+        own = sum(t.numel() * t.element_size() for m in modules for t in [*m.parameters(), *m.buffers()])
+        if optimizer is not None:
+            own += sum(v.numel() * v.element_size() for st in optimizer.state.values()
+                       for v in st.values() if torch.is_tensor(v) and v.device.type == "cuda")
         torch.cuda.synchronize(device)
+        before = torch.cuda.memory_allocated(device)
         torch.cuda.reset_peak_memory_stats(device)
         fn()
         torch.cuda.synchronize(device)
-        return torch.cuda.max_memory_allocated(device) / 2**20
+        return (torch.cuda.max_memory_allocated(device) - before + own) / 2**20
     try:
         from torch.distributed._tools.mem_tracker import MemTracker
     except ImportError:  # private tool moved: report nothing rather than a wrong number
@@ -259,10 +274,13 @@ def bench_model(name: str, args: argparse.Namespace, device: torch.device) -> li
     # 28-block output by ~1e-4 whatever the implementation.
     torch.backends.cudnn.allow_tf32 = False
     torch.backends.cuda.matmul.allow_tf32 = False
+    tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False  # exact float32 check
     with torch.inference_mode():  # same weights -> same output (float32)
         ref = official.eval()(x_all[:2], t_all[:2], y_all[:2])
         got = ours.eval()(x_all[:2], t_all[:2], y_all[:2]).sample
         err = ((got - ref).norm() / ref.norm()).item()
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
     print(f"{name}: ours vs official-structure relative error {err:.2e} (float32)", flush=True)
     if err > 1e-5:
         raise RuntimeError(f"{name}: implementations disagree ({err:.2e}); timings would be meaningless")
@@ -287,7 +305,8 @@ def bench_model(name: str, args: argparse.Namespace, device: torch.device) -> li
                 with torch.inference_mode():
                     predict[impl](x, t, y)
 
-            secs = _time_interleaved({k: partial(forward, k) for k in modules}, device, args.repeats)
+            secs = _time_interleaved({k: partial(forward, k) for k in modules}, device, args.repeats,
+                                    CLOCKS[args.clock])
             for impl, module in modules.items():
                 peak = float("nan") if args.no_memory else _peak_mib(partial(forward, impl), device, [module])
                 rows.append(Row("forward", name, impl, dtype_name, batch, secs[impl] * 1e3,
@@ -311,7 +330,8 @@ def bench_model(name: str, args: argparse.Namespace, device: torch.device) -> li
 
             for impl in modules:  # warm-up: allocates the AdamW state
                 train_step(impl, n=1)
-            secs = _time_interleaved({k: partial(train_step, k) for k in modules}, device, args.repeats)
+            secs = _time_interleaved({k: partial(train_step, k) for k in modules}, device, args.repeats,
+                                    CLOCKS[args.clock])
             for impl, module in modules.items():
                 peak = (float("nan") if args.no_memory
                         else _peak_mib(partial(train_step, impl), device, [module], optims[impl]))
@@ -360,6 +380,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="timed calls per row and implementation, best of (default 1 on CPU, 10 on CUDA)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch.set_num_threads; on a loaded shared CPU 1 is often much faster than 2")
+    parser.add_argument("--clock", choices=sorted(CLOCKS), default=None,
+                        help="wall time, or process CPU time (default: process on CPU, wall on CUDA)")
     parser.add_argument("--no-official", action="store_true", help="time only our implementation")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory pass")
     args = parser.parse_args(argv)
@@ -367,6 +389,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for key, value in (FULL if args.full else quick).items():
         if getattr(args, key) is None:
             setattr(args, key, value)
+    if args.clock is None:
+        args.clock = "wall" if args.device.startswith("cuda") else "process"
     if args.repeats is None:
         args.repeats = 10 if args.device.startswith("cuda") else 1
     return args
@@ -381,7 +405,8 @@ def main(argv: list[str] | None = None) -> list[Row]:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     device_name = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else "cpu"
-    print(f"torch {torch.__version__}, device {device_name}, {torch.get_num_threads()} threads")
+    print(f"torch {torch.__version__}, device {device_name}, {torch.get_num_threads()} threads, "
+          f"{args.clock} clock, best of {args.repeats}")
     rows = bench(args)
     print_table(rows)
     return rows
