@@ -30,9 +30,9 @@ import logging
 import os
 import sys
 import time
-from dataclasses import MISSING, dataclass
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 import numpy as np
 import torch
@@ -46,26 +46,30 @@ NPZ_FILE = "samples.npz"
 METRICS_FILE = "metrics.json"
 
 
+def _opt(default: Any, help: str) -> Any:
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass(frozen=True)
 class SampleConfig:
     """Settings of one sampling run (``--flag`` per field)."""
 
-    pipeline: str
-    out: str
-    num_samples: int = 50_000
-    batch_size: int = 32
-    seed: int = 0
-    labels: Literal["random", "balanced"] = "random"
-    preset: str | None = None  # a SAMPLER_PRESETS name; None: the pipeline's saved sampler
-    num_inference_steps: int | None = None  # None: the preset's / pipeline's default
-    guidance_scale: float = 1.0
-    guidance_channels: str = "all"  # "all" or k (3 = official forward_with_cfg)
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"  # of the transformer and VAE
-    reference: str | None = None  # ADM .npz of real images: compute metrics against it
-    extractor: Literal["inception", "digits"] = "inception"
-    inception_weights: str | None = None  # TorchScript / pickled FID Inception (docs/fid.md)
-    num_threads: int | None = None  # torch CPU threads per process (fixed for bitwise reproducibility)
-    batch_delay: float = 0.0  # seconds to wait after each batch (lets tests interrupt a run)
+    pipeline: str = field(metadata={"help": "SiTPipeline folder or Hub repo id"})
+    out: str = field(metadata={"help": "output folder (samples/, run.json, samples.npz, metrics.json)"})
+    num_samples: int = _opt(50_000, "number of images")
+    batch_size: int = _opt(32, "images per batch and process (part of the settings: fixes the batches)")
+    seed: int = _opt(0, "global seed: labels and the per-image generators derive from it")
+    labels: Literal["random", "balanced"] = _opt("random", "random classes (seeded) or i mod num_classes")
+    preset: str | None = _opt(None, "SAMPLER_PRESETS name; default: the pipeline's saved sampler")
+    num_inference_steps: int | None = _opt(None, "sampler steps; default: the preset's / pipeline's")
+    guidance_scale: float = _opt(1.0, "classifier-free guidance scale (1: off)")
+    guidance_channels: str = _opt("all", "'all' or k: guide channels [0, k) (3 = official forward_with_cfg)")
+    dtype: Literal["float32", "bfloat16", "float16"] = _opt("float32", "dtype of the transformer and VAE")
+    reference: str | None = _opt(None, "ADM .npz of real images: compute FID / IS / precision / recall")
+    extractor: Literal["inception", "digits"] = _opt("inception", "feature extractor of the metrics")
+    inception_weights: str | None = _opt(None, "FID Inception file (TorchScript .pt or .pkl), docs/fid.md")
+    num_threads: int | None = _opt(None, "torch CPU threads per process (fix it for bitwise reproducibility)")
+    batch_delay: float = _opt(0.0, "seconds to wait after each batch (lets tests interrupt a run)")
 
     def sampling_settings(self) -> dict[str, Any]:
         """What determines the pixels; a resume must match it exactly."""
@@ -75,23 +79,23 @@ class SampleConfig:
 
 
 def parse_args(argv: list[str] | None = None) -> SampleConfig:
+    """``--flag`` per :class:`SampleConfig` field, typed from its annotation (``Literal`` -> choices)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    for name, f in SampleConfig.__dataclass_fields__.items():
-        flag = "--" + name.replace("_", "-")
-        required = f.default is MISSING
-        kind = {int: int, float: float}.get(type(f.default), str)
-        if name in ("num_inference_steps", "num_threads"):
-            kind = int
-        parser.add_argument(flag, dest=name, type=kind, required=required,
-                            default=None if required else f.default)
-    args = parser.parse_args(argv)
-    cfg = SampleConfig(**vars(args))
-    if cfg.labels not in ("random", "balanced"):
-        parser.error(f"--labels must be 'random' or 'balanced', got {cfg.labels!r}")
-    if cfg.dtype not in ("float32", "bfloat16", "float16"):
-        parser.error(f"--dtype must be float32, bfloat16 or float16, got {cfg.dtype!r}")
-    if cfg.extractor not in ("inception", "digits"):
-        parser.error(f"--extractor must be 'inception' or 'digits', got {cfg.extractor!r}")
+    hints = get_type_hints(SampleConfig)
+    for f in fields(SampleConfig):
+        hint = hints[f.name]
+        args = [a for a in get_args(hint) if a is not type(None)]
+        kwargs: dict[str, Any] = {"help": f.metadata.get("help")}
+        if get_origin(hint) is Literal:
+            kwargs["choices"] = list(args)
+        else:
+            kwargs["type"] = args[0] if args else hint  # X | None -> X
+        if f.default is MISSING:
+            kwargs["required"] = True
+        else:
+            kwargs["default"] = f.default
+        parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, **kwargs)
+    cfg = SampleConfig(**vars(parser.parse_args(argv)))
     if cfg.guidance_channels != "all" and not cfg.guidance_channels.isdigit():
         parser.error(f"--guidance-channels must be 'all' or a positive integer, got {cfg.guidance_channels!r}")
     if cfg.num_samples < 1 or cfg.batch_size < 1:
