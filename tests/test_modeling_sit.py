@@ -233,3 +233,16 @@ def test_wrong_input_shape_raises():
         model(torch.randn(2, 4, 8, 8), 0.5, torch.tensor([0]))
     with pytest.raises(ValueError, match="timestep"):
         model(torch.randn(2, 4, 8, 8), torch.rand(3), torch.tensor([0, 1]))
+
+
+def test_demo_runs_and_reports_the_model(capsys):
+    """The README's main job: a forward pass of a named model, printing shapes and parameters."""
+    from sit_diffusers import demo
+
+    result = demo.main(["--model", "SiT-S/8", "--sample-size", "16", "--batch-size", "2"])
+    text = capsys.readouterr().out
+    with torch.device("meta"):
+        expected = SiTTransformer2DModel.from_name("SiT-S/8", sample_size=16)
+    n = sum(p.numel() for p in expected.parameters()) + expected.pos_embed.numel()
+    assert result["params"] == n and f"{n:,} parameters" in text
+    assert "output       (2, 4, 16, 16)" in text and result["forward_s"] > 0
