@@ -87,5 +87,7 @@ def test_rademacher_and_validation():
     assert set(r.unique().tolist()) == {-1.0, 1.0} and abs(r.mean().item()) < 0.1
     with pytest.raises(ValueError, match="valid: euler"):
         log_likelihood(lambda x, t: x, torch.zeros(1, 1, 1, 1), solver="leapfrog")
+    with torch.inference_mode(), pytest.raises(RuntimeError, match="inference_mode"):
+        log_likelihood(lambda x, t: x, torch.zeros(1, 1, 1, 1))
     with pytest.raises(ValueError, match="sample_eps > 0"):
         log_likelihood(lambda x, t: x, torch.zeros(1, 1, 1, 1), prediction="noise", sample_eps=0.0)

@@ -102,6 +102,8 @@ def log_likelihood(
         probe_fn: ``probe_fn(k, x) -> eps`` for drift evaluation ``k`` (0, 1, ...); lets a caller resample
             per evaluation (the official code draws a fresh probe at every evaluation) or replay probes.
     """
+    if torch.is_inference_mode_enabled():
+        raise RuntimeError("log_likelihood differentiates the model: call it outside torch.inference_mode()")
     path_type, prediction = resolve_path_type(path_type), resolve_prediction(prediction)
     interp = get_interpolant(path_type)
     eps = default_eps(path_type, prediction)[1] if sample_eps is None else sample_eps
