@@ -67,7 +67,7 @@ class SiTPipeline(DiffusionPipeline):
         id2label: class names ``{id: "name, synonym, ..."}``, saved in ``model_index.json``. ``None`` with a
             1000-class transformer means the ImageNet-1k names shipped with the package.
         default_num_inference_steps: steps used when ``__call__`` gets ``num_inference_steps=None`` (set by
-            :meth:`set_sampler` from the preset, saved with the pipeline). ``None``: the sampler's default.
+            :meth:`set_sampler` from the preset, saved with the pipeline). ``None``: 250 (official default).
     """
 
     model_cpu_offload_seq = "transformer->vae"
@@ -111,7 +111,10 @@ class SiTPipeline(DiffusionPipeline):
 
     @property
     def labels(self) -> dict[str, int]:
-        """Every unambiguous name (synonyms included, as written in ``id2label``) -> id, like DiTPipeline."""
+        """Every name and synonym (as written in ``id2label``) -> id, like ``DiTPipeline.labels``.
+
+        A name shared by several classes maps to the lowest id here; :meth:`get_label_ids` refuses it instead.
+        """
         out: dict[str, int] = {}
         for idx, label in self._labels.id2label.items():
             for part in label.split(","):
