@@ -338,6 +338,18 @@ def test_save_load_round_trip_keeps_outputs_labels_and_sampler(
     torch.testing.assert_close(a.images, b.images, rtol=0, atol=0)
 
 
+def test_set_sampler_keeps_what_the_model_was_trained_for(tiny_pipe: SiTPipeline) -> None:
+    tiny_pipe.scheduler = SiTSampler(path_type="gvp", prediction="noise", mode="ode", solver="euler")
+    tiny_pipe.set_sampler("sde-heun")
+    cfg = tiny_pipe.scheduler.config
+    assert (cfg.path_type, cfg.prediction, cfg.mode, cfg.solver) == ("gvp", "noise", "sde", "heun")
+    tiny_pipe.set_sampler("paper-fid", prediction="velocity")  # explicit overrides still win
+    assert (tiny_pipe.scheduler.config.path_type, tiny_pipe.scheduler.config.prediction) == (
+        "gvp",
+        "velocity",
+    )
+
+
 def test_default_id2label_is_imagenet_for_1000_classes() -> None:
     pipe = SiTPipeline(tiny_transformer(sample_size=4, num_classes=1000), SiTSampler.from_preset("ode-euler"))
     assert pipe.id2label[207] == "golden retriever" and pipe.get_label_ids("golden retriever") == [207]

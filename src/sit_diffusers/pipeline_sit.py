@@ -37,6 +37,9 @@ OutputType = Literal["pil", "np", "pt", "latent"]
 GeneratorArg = Union[torch.Generator, list[torch.Generator], None]
 ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
+#: SiTSampler config keys that describe the trained model, not the sampling method: set_sampler keeps them.
+MODEL_SAMPLER_KEYS: tuple[str, ...] = ("path_type", "prediction", "train_eps", "vp_sigma_min", "vp_sigma_max")
+
 #: Steps when neither the call nor a preset gives them: the official ``sample.py --num-sampling-steps``.
 FALLBACK_NUM_INFERENCE_STEPS = 250
 
@@ -129,14 +132,18 @@ class SiTPipeline(DiffusionPipeline):
         """Use a named preset of ``SAMPLER_PRESETS`` (e.g. ``"ode-dopri5"``, ``"sde-euler"``,
         ``"paper-fid"``; ``overrides`` change its config) or a ready ``SiTSampler``.
 
-        A preset also sets ``default_num_inference_steps`` to its step count.
+        What the transformer was trained for (``MODEL_SAMPLER_KEYS``: path, prediction, train eps, VP
+        range) is kept from the current sampler unless ``overrides`` change it; a preset only picks how
+        to sample. A preset also sets ``default_num_inference_steps`` to its step count.
         """
         if isinstance(sampler, str):
             if sampler not in SAMPLER_PRESETS:
                 raise ValueError(
                     f"unknown sampler preset {sampler!r}; valid presets: {sorted(SAMPLER_PRESETS)}"
                 )
-            self.scheduler = SiTSampler.from_preset(sampler, **overrides)
+            current = self.scheduler.config
+            kept = {k: current[k] for k in MODEL_SAMPLER_KEYS if k in current}
+            self.scheduler = SiTSampler.from_preset(sampler, **{**kept, **overrides})
             self.register_to_config(
                 default_num_inference_steps=SAMPLER_PRESETS[sampler]["num_inference_steps"]
             )
