@@ -221,7 +221,7 @@ def test_sde_reaches_gaussian_data(path, pred, form, last_step):
     assert x.std().item() == pytest.approx(0.5, rel=0.03)
 
 
-def test_sbdm_on_linear_velocity_is_handled_not_nan():
+def test_singular_combinations_are_handled_not_nan():
     """Official: t0 = sample_eps = 0 with SBDM (infinite at t = 0) gives NaN. We start at 1e-3 or raise."""
     sampler = SiTSampler(path_type="linear", prediction="velocity", mode="sde", diffusion_form="SBDM")
     assert sampler.interval[0] == pytest.approx(1e-3)
@@ -234,6 +234,14 @@ def test_sbdm_on_linear_velocity_is_handled_not_nan():
         SiTSampler(path_type="linear", prediction="velocity", mode="sde", diffusion_form="SBDM", sample_eps=0.0)
     with pytest.raises(ValueError, match="sample_eps"):
         SiTSampler(path_type="linear", prediction="noise", mode="ode", sample_eps=0.0)
+    # SDE Heun without a last step evaluates the score at t1: 1 - 1e-3 instead of the singular t = 1
+    heun = SiTSampler(mode="sde", solver="heun", last_step=None)
+    assert heun.interval == pytest.approx((0.0, 1 - 1e-3))
+    x = heun.sample(fn, torch.randn(1000, 2, 1, 1, generator=torch.Generator().manual_seed(5)), 100,
+                    generator=torch.Generator().manual_seed(6)).sample
+    assert torch.isfinite(x).all() and x.mean().item() == pytest.approx(1.5, rel=0.02)
+    with pytest.raises(ValueError, match="sample_eps"):
+        SiTSampler(mode="sde", solver="heun", last_step=None, sample_eps=0.0)
 
 
 def test_reverse_ode_inverts_sampling():

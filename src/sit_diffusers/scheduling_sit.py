@@ -66,7 +66,7 @@ Generator = torch.Generator | list[torch.Generator] | None
 MODES: tuple[str, ...] = ("ode", "sde")
 LAST_STEPS: tuple[str, ...] = ("mean", "tweedie", "euler")
 _SOLVER_ALIASES = {"heun2": "heun"}
-# the SBDM diffusion is singular at t = 0 on Linear/GVP: the start used when sample_eps is left to default
+# sample_eps used where the official default (0) is singular and sample_eps is left to default
 SBDM_DEFAULT_EPS = 1e-3
 
 SAMPLER_PRESETS: dict[str, dict[str, Any]] = {
@@ -196,17 +196,21 @@ class SiTSampler(SchedulerMixin, ConfigMixin):
         default_train, default_sample = default_eps(self._path, self._prediction)
         eps = default_sample if sample_eps is None else float(sample_eps)
         self._train_eps = default_train if train_eps is None else float(train_eps)
-        needs_start_eps = self._path != "vp" and (
-            self._prediction != "velocity" or (self._mode == "sde" and self._form == "SBDM")
+        # Linear/GVP: the score of a velocity model is singular at t = 1 (sigma_1 = 0) and SBDM at t = 0;
+        # an SDE Heun step without a last step evaluates at the end, t1 = 1 - sample_eps
+        needs_eps = self._path != "vp" and (
+            self._prediction != "velocity"
+            or (self._mode == "sde" and self._form == "SBDM")
+            or (self._mode == "sde" and self._last_step is None and self._solver == "heun")
         )
-        if needs_start_eps and eps <= 0:
-            if sample_eps is None:  # official default 0 here gives NaN (SBDM is infinite at t = 0)
+        if needs_eps and eps <= 0:
+            if sample_eps is None:  # the official default 0 gives NaN here
                 eps = SBDM_DEFAULT_EPS
             else:
                 raise ValueError(
-                    f"sample_eps={sample_eps} is singular for {self._path}/{self._prediction}"
-                    f"{' with SBDM diffusion' if self._form == 'SBDM' else ''}: t = 0 (and t = 1) divide by zero; "
-                    "use sample_eps > 0 (e.g. 1e-3)"
+                    f"sample_eps={sample_eps} is singular for {self._path}/{self._prediction} {self._mode} "
+                    f"{self._solver} (diffusion {self._form}, last step {self._last_step}): the score divides by "
+                    "zero at t = 0 or t = 1; use sample_eps > 0 (e.g. 1e-3)"
                 )
         self._sample_eps = eps
         lss = float(last_step_size) if self._last_step is not None else 0.0
