@@ -203,6 +203,25 @@ def test_offline_extractor_separates_real_digits_from_noise():
     assert good.fid == pytest.approx(independent, rel=1e-6)
 
 
+def test_fid_cli_scores_two_npz_files(tmp_path, capsys, monkeypatch):
+    from sit_diffusers import fid
+
+    rng = np.random.default_rng(10)
+    ref = save_npz_images(tmp_path / "ref.npz", rng.integers(0, 256, (12, 6, 6, 3), np.uint8))
+    same = save_npz_images(tmp_path / "same.npz", load_npz_images(ref))
+    weights = tmp_path / "inception.pt"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.jit.save(torch.jit.script(_TinyInception()), str(weights))
+    metrics = fid.main([str(same), str(ref), "--inception-weights", str(weights)])
+    assert metrics.fid == pytest.approx(0.0, abs=1e-9) and (metrics.precision, metrics.recall) == (1.0, 1.0)
+    assert json.loads(capsys.readouterr().out)["num_reference"] == 12
+    monkeypatch.delenv("SIT_FID_INCEPTION", raising=False)
+    with pytest.raises(SystemExit):  # no Inception weights anywhere: a usage error naming docs/fid.md
+        fid.main([str(same), str(ref)])
+    assert "docs/fid.md" in capsys.readouterr().err
+
+
 # ------------------------------------------------------------------------------------------------- ADM npz
 
 
@@ -306,6 +325,17 @@ def test_resume_after_sigkill_neither_duplicates_nor_loses_images(one_process, t
     assert _pngs(out) == [f"{i:06d}.png" for i in range(5)]
     assert not list((out / "samples").glob(".*"))
     np.testing.assert_array_equal(load_npz_images(out / "samples.npz"), load_npz_images(one_process[0] / "samples.npz"))
+
+
+def test_missing_reference_or_weights_fail_before_sampling(tiny_pipeline, tmp_path, monkeypatch):
+    monkeypatch.delenv("SIT_FID_INCEPTION", raising=False)
+    base = ["--pipeline", str(tiny_pipeline), "--out", str(tmp_path / "run"), *RUN_ARGS]
+    with pytest.raises(SystemExit, match="does not exist"):
+        sample_fid.main([*base, "--reference", str(tmp_path / "nope.npz")])
+    ref = save_npz_images(tmp_path / "ref.npz", np.zeros((4, 16, 16, 3), np.uint8))
+    with pytest.raises(SystemExit, match="docs/fid.md"):
+        sample_fid.main([*base, "--reference", str(ref), "--inception-weights", ""])
+    assert not (tmp_path / "run" / "samples").exists() or not _pngs(tmp_path / "run")
 
 
 def test_resume_with_other_settings_is_refused(tmp_path):

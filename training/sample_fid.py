@@ -214,24 +214,23 @@ def sample_batch(pipe, cfg: SampleConfig, indices: range, labels: list[int]) -> 
     return to_uint8(out.images)  # (n, H, W, C)
 
 
-def make_extractor(cfg: SampleConfig):
-    from sit_diffusers.fid import DigitFeatureExtractor, InceptionExtractor
+def reference_extractor(cfg: SampleConfig):
+    """The feature extractor for ``--reference``, built before sampling so that a missing file fails early."""
+    from sit_diffusers.fid import make_extractor
 
-    if cfg.extractor == "digits":
-        return DigitFeatureExtractor()
-    weights = cfg.inception_weights or os.environ.get("SIT_FID_INCEPTION")
-    if not weights:
-        raise SystemExit(
-            "--reference needs a feature extractor: --inception-weights PATH (or SIT_FID_INCEPTION) for the "
-            "FID Inception, or --extractor digits for the offline digit classifier (docs/fid.md)"
-        )
-    return InceptionExtractor.from_file(weights)
+    if not Path(cfg.reference).is_file():
+        raise SystemExit(f"--reference {cfg.reference} does not exist")
+    try:
+        return make_extractor(cfg.extractor, cfg.inception_weights)
+    except FileNotFoundError as err:
+        raise SystemExit(f"--reference: {err}") from None
 
 
-def evaluate(samples: np.ndarray, cfg: SampleConfig) -> dict[str, Any]:
+def evaluate(samples: np.ndarray, cfg: SampleConfig, extractor) -> dict[str, Any]:
+    """FID / IS / precision / recall of ``samples`` against the ``--reference`` images."""
     from sit_diffusers.fid import compute_metrics, load_npz_images
 
-    metrics = compute_metrics(samples, load_npz_images(cfg.reference), make_extractor(cfg))
+    metrics = compute_metrics(samples, load_npz_images(cfg.reference), extractor)
     return {**metrics.as_dict(), "reference": cfg.reference}
 
 
@@ -245,7 +244,10 @@ def run(cfg: SampleConfig) -> dict[str, Any]:
     state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU") or not torch.cuda.is_available())
     out = Path(cfg.out)
     folder = out / SAMPLES_DIR
+    extractor = None
     if state.is_main_process:
+        if cfg.reference:
+            extractor = reference_extractor(cfg)
         folder.mkdir(parents=True, exist_ok=True)
         check_run_file(out, cfg)
         removed = remove_stale_temp_files(folder)
@@ -280,7 +282,7 @@ def run(cfg: SampleConfig) -> dict[str, Any]:
         result["npz"] = str(out / NPZ_FILE)
         logger.info("wrote %s %s", out / NPZ_FILE, samples.shape)
         if cfg.reference:
-            metrics = evaluate(samples, cfg)
+            metrics = evaluate(samples, cfg, extractor)
             (out / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
             result["metrics"] = metrics
             logger.info("metrics: %s", metrics)

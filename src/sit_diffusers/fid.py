@@ -48,6 +48,7 @@ __all__ = [
     "frechet_distance",
     "inception_score",
     "load_npz_images",
+    "make_extractor",
     "precision_recall",
     "save_npz_images",
 ]
@@ -344,3 +345,49 @@ def load_npz_images(path: str | os.PathLike) -> np.ndarray:
     """Read the ``arr_0`` uint8 ``(N, H, W, 3)`` array of an ADM sample / reference batch."""
     with np.load(path) as data:
         return _check_images(data["arr_0"])
+
+
+#################################################################################
+#                                      CLI                                      #
+#################################################################################
+
+
+def make_extractor(name: str, inception_weights: str | os.PathLike | None = None) -> FeatureExtractor:
+    """``"inception"`` (weights from ``inception_weights`` or ``$SIT_FID_INCEPTION``) or ``"digits"``."""
+    if name == "digits":
+        return DigitFeatureExtractor()
+    if name != "inception":
+        raise ValueError(f"unknown extractor {name!r}; valid: 'inception', 'digits'")
+    weights = inception_weights or os.environ.get("SIT_FID_INCEPTION")
+    if not weights:
+        raise FileNotFoundError(
+            "the Inception extractor needs its weights: pass inception_weights / --inception-weights or set "
+            "SIT_FID_INCEPTION (docs/fid.md); or use the offline extractor 'digits'"
+        )
+    return InceptionExtractor.from_file(weights)
+
+
+def main(argv: list[str] | None = None) -> Metrics:
+    """``python -m sit_diffusers.fid SAMPLES.npz REFERENCE.npz``: the four numbers, as ADM's evaluator."""
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(prog="python -m sit_diffusers.fid", description=main.__doc__)
+    parser.add_argument("samples", help="ADM .npz of generated images (arr_0, uint8 NHWC)")
+    parser.add_argument("reference", help="ADM .npz of real images")
+    parser.add_argument("--extractor", choices=["inception", "digits"], default="inception")
+    parser.add_argument("--inception-weights", help="FID Inception file (default: $SIT_FID_INCEPTION)")
+    parser.add_argument("--batch-size", type=int, default=250)
+    args = parser.parse_args(argv)
+    try:
+        extractor = make_extractor(args.extractor, args.inception_weights)
+    except FileNotFoundError as err:
+        parser.error(str(err))
+    metrics = compute_metrics(load_npz_images(args.samples), load_npz_images(args.reference), extractor,
+                              batch_size=args.batch_size)
+    print(json.dumps(metrics.as_dict(), indent=2))
+    return metrics
+
+
+if __name__ == "__main__":
+    main()
