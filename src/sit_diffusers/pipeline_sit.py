@@ -207,9 +207,9 @@ class SiTPipeline(DiffusionPipeline):
             t = torch.as_tensor(t, device=x.device, dtype=torch.float32).reshape(-1).expand(n)  # (N,)
             if counter is not None:
                 counter()
-            inside = (
-                (t >= t_lo - 1e-7) & (t <= t_hi + 1e-7) if guided else torch.zeros_like(t, dtype=torch.bool)
-            )
+            if not guided:
+                return predict(x, t, class_labels)  # (N, C, H, W)
+            inside = (t >= t_lo - 1e-7) & (t <= t_hi + 1e-7)  # (N,)
             if not bool(inside.any()):
                 return predict(x, t, class_labels)  # (N, C, H, W)
             both = predict(
