@@ -346,6 +346,23 @@ class SiTDemo:
         """The model's classes, ``{"0": name, ...}`` (id as text, for JSON)."""
         return {str(i): (self.id2label or {}).get(i, str(i)) for i in range(self.num_classes)}
 
+    def defaults(self) -> dict[str, Any]:
+        """Initial control values: the model's own sampler (mode, solver, diffusion) and default step count."""
+        cfg = self._base_scheduler.config
+        mode = str(cfg.get("mode", "ode")).upper()
+        mode = mode if mode in MODES else "ODE"
+        solver = str(cfg.get("solver", "")).lower()
+        solver = solver if solver in SOLVERS[mode] else SOLVERS[mode][min(1, len(SOLVERS[mode]) - 1)]
+        form = cfg.get("diffusion_form", "sigma")
+        steps = getattr(getattr(self.pipe, "config", None), "default_num_inference_steps", None) or 25
+        return {
+            "mode": mode,
+            "solver": solver,
+            "steps": max(1, min(int(steps), MAX_STEPS)),
+            "diffusion_form": form if form in DIFFUSION_FORMS else "sigma",
+            "diffusion_norm": float(cfg.get("diffusion_norm", 1.0)),
+        }
+
     def example_rows(self) -> list[list[Any]]:
         ids = (
             IMAGENET_EXAMPLES if self.num_classes == 1000 else tuple(str(i) for i in range(self.num_classes))
@@ -396,6 +413,7 @@ def build_demo(demo_state: SiTDemo, note: str | None = None) -> gr.Blocks:
     """
     choices = class_choices(demo_state.num_classes, demo_state.id2label)
     examples = demo_state.example_rows()
+    start = demo_state.defaults()
     with gr.Blocks(title="SiT: Scalable Interpolant Transformers") as demo:
         gr.Markdown(
             "# SiT: Scalable Interpolant Transformers\n"
@@ -419,16 +437,20 @@ def build_demo(demo_state: SiTDemo, note: str | None = None) -> gr.Blocks:
                     1, MAX_IMAGES, value=min(4, MAX_IMAGES), step=1, label="Number of images"
                 )
                 with gr.Row():
-                    mode = gr.Radio(list(MODES), value="ODE", label="Sampler mode")
-                    solver = gr.Dropdown(list(SOLVERS["ODE"]), value="heun", label="Solver")
-                steps = gr.Slider(1, MAX_STEPS, value=min(25, MAX_STEPS), step=1, label="Steps")
+                    mode = gr.Radio(list(MODES), value=start["mode"], label="Sampler mode")
+                    solver = gr.Dropdown(list(SOLVERS[start["mode"]]), value=start["solver"], label="Solver")
+                steps = gr.Slider(1, MAX_STEPS, value=start["steps"], step=1, label="Steps")
                 guidance_scale = gr.Slider(1.0, MAX_GUIDANCE, value=4.0, step=0.1, label="Guidance scale")
                 with gr.Row():
                     interval_start = gr.Slider(0.0, 1.0, value=0.0, step=0.01, label="Guidance from t =")
                     interval_end = gr.Slider(0.0, 1.0, value=1.0, step=0.01, label="Guidance until t =")
-                with gr.Row(visible=False) as sde_row:
-                    diffusion_form = gr.Dropdown(list(DIFFUSION_FORMS), value="sigma", label="Diffusion form")
-                    diffusion_norm = gr.Number(value=1.0, minimum=0.0, maximum=10.0, label="Diffusion norm")
+                with gr.Row(visible=start["mode"] == "SDE") as sde_row:
+                    diffusion_form = gr.Dropdown(
+                        list(DIFFUSION_FORMS), value=start["diffusion_form"], label="Diffusion form"
+                    )
+                    diffusion_norm = gr.Number(
+                        value=start["diffusion_norm"], minimum=0.0, maximum=10.0, label="Diffusion norm"
+                    )
                 with gr.Row():
                     seed = gr.Number(value=0, minimum=0, maximum=MAX_SEED, precision=0, label="Seed")
                     randomize = gr.Checkbox(value=False, label="Randomize seed")

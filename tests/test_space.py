@@ -357,6 +357,21 @@ def test_every_example_row_is_a_valid_request(app, num_classes):
         assert rows[0][0] == ["207", "360"]  # golden retriever, otter
 
 
+def test_controls_start_at_the_models_own_sampler(app, tiny_pipe):
+    assert app.SiTDemo(tiny_pipe, "tiny", "cpu").defaults() == {
+        "mode": "ODE", "solver": "heun", "steps": 25, "diffusion_form": "sigma", "diffusion_norm": 1.0
+    }  # fmt: skip
+    pipe = types.SimpleNamespace(
+        transformer=tiny_pipe.transformer,
+        scheduler=SiTSampler.from_preset("sde-euler", diffusion_form="linear", diffusion_norm=0.5),
+        config=types.SimpleNamespace(default_num_inference_steps=10_000),
+        id2label=DIGITS,
+    )
+    assert app.SiTDemo(pipe, "stand-in", "cpu").defaults() == {
+        "mode": "SDE", "solver": "euler", "steps": app.MAX_STEPS, "diffusion_form": "linear", "diffusion_norm": 0.5
+    }  # fmt: skip
+
+
 def test_model_defaults_to_the_embedded_one(app, monkeypatch):
     import sit_diffusers
 
