@@ -51,5 +51,5 @@ def test_dataset_columns_and_tensor_view_agree() -> None:
         row = ds[i]
         assert row["image"].mode == "L" and row["image"].size == (28, 28)
         assert row["label"] == int(y[i])
-        pixels = torch.as_tensor(np.asarray(row["image"]), dtype=torch.float32)
+        pixels = torch.as_tensor(np.array(row["image"]), dtype=torch.float32)
         assert torch.equal(pixels / 127.5 - 1.0, x[i, 0])
