@@ -168,9 +168,9 @@ def main() -> None:
         outside = statistics.median((w - m) / w for w, m in runs) * 100
         print(f"| {name} | {nfes[name]} | {best:.4f} | {med:.4f} | {ratio} | {outside:.2f}% |")
     print(
-        "Equal NFE in each group: ode-euler and sde-euler (9 Euler-Maruyama steps + the 'mean' last step at "
-        "steps=10) both call the transformer `steps` times. 'outside' = (total - time inside transformer "
-        "forward) / total, median over repeats: the bare loop's is the floor (Euler arithmetic)."
+        f"Equal NFE in each group: ode-euler and sde-euler ({steps - 1} Euler-Maruyama steps + the 'mean' last "
+        f"step at steps={steps}) both call the transformer {steps} times. 'outside' = (total - time inside the "
+        "transformer forward) / total, median over repeats: the bare loop's is the floor (Euler arithmetic)."
     )
 
 
