@@ -27,7 +27,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from training.config import config_from_dict  # noqa: E402
-from training.train_sit import build_model, build_objective, moments_to_latents, sample_draws, update_ema  # noqa: E402
+from training.train_sit import build_model, build_objective, micro_batch_loss, update_ema  # noqa: E402
 
 # Dense (no sparsity) peak TFLOP/s of common cards (vendor datasheets), by precision; "no" = fp32 with TF32.
 PEAK_TFLOPS: dict[str, dict[str, float]] = {
@@ -98,6 +98,12 @@ def run_mode(mode: str, args: argparse.Namespace, device: torch.device) -> dict[
         return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
 
     forward = torch.compile(model) if args.compile else model
+
+    def autocast_model(*model_args: Any, **model_kwargs: Any) -> Any:
+        """The network under autocast with float32 outputs, as ``accelerator.prepare`` wraps it."""
+        with autocast():
+            out = forward(*model_args, **model_kwargs)
+        return type(out)(sample=out.sample.float())
     flops = model_flops_per_image(model, (4, latent, latent), device, autocast)
 
     g = torch.Generator().manual_seed(0)
@@ -109,18 +115,10 @@ def run_mode(mode: str, args: argparse.Namespace, device: torch.device) -> dict[
         torch.cuda.reset_peak_memory_stats(device)
 
     def step(i: int) -> None:
-        positions = torch.arange(i * n, (i + 1) * n)
-        eps, noise, t, drop = sample_draws(cfg, objective, positions, (4, latent, latent), posterior=True)
-        with torch.no_grad():
-            moments = vae.encode(pixels).latent_dist.parameters if vae is not None else stored  # (n, 8, h, w)
-            x1 = moments_to_latents(moments, eps.to(device), cfg.vae_scaling_factor)  # (n, 4, h, w)
-        drop = drop.to(device)
-
-        def model_fn(x: torch.Tensor, tt: torch.Tensor) -> torch.Tensor:
-            with autocast():
-                return forward(x, tt, labels, force_drop_ids=drop).sample.float()  # (n, 4, h, w)
-
-        loss = objective.loss(model_fn, x1, t=t.to(device), noise=noise.to(device)).mean()
+        positions = torch.arange(i * n, (i + 1) * n)  # (n,) stream positions: fresh draws every step
+        data = {"pixels": pixels} if vae is not None else {"moments": stored}
+        batch = {**data, "label": labels, "position": positions}
+        loss = micro_batch_loss(cfg, objective, autocast_model, batch, vae, (4, latent, latent), device)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, math.inf)
         opt.step()

@@ -192,6 +192,8 @@ def test_pixel_space_one_channel_in_memory_dataset(tmp_path: Path) -> None:
 
 KILL_SCRIPT = """
 import os, signal, sys
+import torch
+torch.set_num_threads({threads})  # bitwise CPU results need the same intra-op thread count as the reference
 sys.path.insert(0, {repo!r})
 import training.train_sit as ts
 from training.config import config_from_dict
@@ -215,7 +217,7 @@ ts.train(config_from_dict({values!r}))
 def test_sigkill_then_resume_is_bitwise_identical(assets: Path, straight: Path, tmp_path: Path) -> None:
     out = tmp_path / "killed"
     cfg = tiny(assets, out, gradient_accumulation_steps=2)
-    script = KILL_SCRIPT.format(repo=str(REPO), values=cfg.to_dict())
+    script = KILL_SCRIPT.format(repo=str(REPO), values=cfg.to_dict(), threads=torch.get_num_threads())
     proc = subprocess.run([sys.executable, "-c", textwrap.dedent(script)], capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == -9, proc.stderr[-2000:]  # SIGKILL, not a clean exit

@@ -36,7 +36,6 @@ from training.data import (  # noqa: E402
     DataError,
     ImageDataset,
     LatentDataset,
-    LatentsMeta,
     StepBatchSampler,
     StreamingBatches,
     check_image_dataset,
@@ -44,6 +43,8 @@ from training.data import (  # noqa: E402
     moments_to_latents,
     sample_generator,
 )
+
+__all__ = ["train", "main", "micro_batch_loss", "save_checkpoint", "resolve_resume", "sample_draws", "update_ema"]
 
 logger = logging.getLogger("train_sit")
 
@@ -239,6 +240,36 @@ def sample_draws(
         torch.cat(times).float(),  # (N,)
         torch.cat(drops).long(),  # (N,)
     )
+
+
+def micro_batch_loss(
+    cfg: TrainConfig, objective: Any, model: Any, batch: dict[str, Any], vae: Any | None,
+    shape: tuple[int, int, int], device: torch.device,
+) -> torch.Tensor:
+    """Mean SiT loss of one micro-batch (a scalar), the same whatever the process split.
+
+    ``batch`` holds ``"pixels"`` (n, 3|1, H, W) in [-1, 1] or ``"moments"`` (n, 2C, h, w), plus ``"label"``
+    and ``"position"`` (n,). Images are encoded by ``vae`` when given; moments become latents by a seeded
+    posterior draw, ``x1 = (mean + std * eps) * scaling``; then ``x_t = alpha_t x1 + sigma_t x0`` at the
+    seeded ``(t, x0)`` and the model is called with the seeded label-dropout mask.
+    """
+    posterior = "moments" in batch or vae is not None
+    eps, noise, t, drop = sample_draws(cfg, objective, batch["position"], shape, posterior=posterior)
+    with torch.no_grad():
+        if "moments" in batch:
+            moments = batch["moments"].to(device)  # (n, 2C, h, w)
+        elif vae is not None:
+            moments = vae.encode(batch["pixels"].to(device)).latent_dist.parameters  # (n, 2C, h, w)
+        if posterior:
+            x1 = moments_to_latents(moments, eps.to(device), cfg.vae_scaling_factor)  # (n, C, h, w)
+        else:
+            x1 = batch["pixels"].to(device)  # (n, C, H, W) in [-1, 1]
+    labels, drop = batch["label"].to(device), drop.to(device)  # (n,), (n,)
+
+    def model_fn(x_t: torch.Tensor, t_: torch.Tensor) -> torch.Tensor:
+        return model(x_t, t_, labels, force_drop_ids=drop).sample  # (n, C, h, w)
+
+    return objective.loss(model_fn, x1, t=t.to(device), noise=noise.to(device)).mean()
 
 
 # ===========================================================================
@@ -470,9 +501,11 @@ def train(cfg: TrainConfig, dataset: Any | None = None) -> Path:
                 cfg.global_batch_size // (accelerator.num_processes * cfg.gradient_accumulation_steps))
 
     # ---- loop
+    decode_vae = vae  # what sample grids and the final pipeline decode with (loaded once, main process)
+    if vae is None and accelerator.is_main_process and (cfg.sample_every or cfg.save_pipeline):
+        decode_vae = _vae_for_pipeline(cfg, data, device)
     batches = make_batches(cfg, data, accelerator, start_step)
     shape = (data.model_channels, data.model_size, data.model_size)
-    scaling = cfg.vae_scaling_factor
     accum = cfg.gradient_accumulation_steps
     running_loss = torch.zeros((), device=device)
     log_steps, tic = 0, time.perf_counter()
@@ -481,27 +514,10 @@ def train(cfg: TrainConfig, dataset: Any | None = None) -> Path:
     progress = tqdm(range(start_step, cfg.max_train_steps), initial=start_step, total=cfg.max_train_steps,
                     disable=not accelerator.is_local_main_process, desc="steps")
     for step in progress:
-        for micro in range(accum):
+        for micro in range(accum):  # gradients are all-reduced on the last micro-step only
             batch = next(batches)
-            labels = batch["label"].to(device)  # (n,)
-            eps, noise, t, drop = sample_draws(cfg, objective, batch["position"], shape,
-                                               posterior=data.kind == "moments" or vae is not None)
-            with torch.no_grad():
-                if data.kind == "moments":
-                    x1 = moments_to_latents(batch["moments"].to(device), eps.to(device), scaling)  # (n, C, h, w)
-                elif vae is not None:
-                    moments = vae.encode(batch["pixels"].to(device)).latent_dist.parameters  # (n, 2C, h, w)
-                    x1 = moments_to_latents(moments, eps.to(device), scaling)  # (n, C, h, w)
-                else:
-                    x1 = batch["pixels"].to(device)  # (n, C, H, W) in [-1, 1]
-            drop = drop.to(device)
-
-            def model_fn(x_t: torch.Tensor, t_: torch.Tensor, labels=labels, drop=drop) -> torch.Tensor:
-                return model(x_t, t_, labels, force_drop_ids=drop).sample  # (n, C, h, w)
-
-            sync = contextlib.nullcontext() if micro == accum - 1 else accelerator.no_sync(model)
-            with sync:
-                loss = objective.loss(model_fn, x1, t=t.to(device), noise=noise.to(device)).mean()
+            with contextlib.nullcontext() if micro == accum - 1 else accelerator.no_sync(model):
+                loss = micro_batch_loss(cfg, objective, model, batch, vae, shape, device)
                 accelerator.backward(loss / accum)
             running_loss += loss.detach() / accum
         max_norm = cfg.max_grad_norm if cfg.max_grad_norm is not None else math.inf
@@ -528,8 +544,7 @@ def train(cfg: TrainConfig, dataset: Any | None = None) -> Path:
             save_checkpoint(cfg, accelerator, done)
         if cfg.sample_every and done % cfg.sample_every == 0 and not fsdp:
             if accelerator.is_main_process:
-                sample_vae = vae if vae is not None else _vae_for_pipeline(cfg, data, device)
-                log_samples(cfg, accelerator, ema_model, sample_vae, done)
+                log_samples(cfg, accelerator, ema_model, decode_vae, done)
             accelerator.wait_for_everyone()
 
     # ---- final pipeline (EMA weights)
@@ -537,9 +552,8 @@ def train(cfg: TrainConfig, dataset: Any | None = None) -> Path:
     if cfg.save_pipeline:
         ema_state = accelerator.get_state_dict(ema_model) if fsdp else ema_model.state_dict()
         if accelerator.is_main_process:
-            pipe_vae = vae if vae is not None else _vae_for_pipeline(cfg, data, device)
             source = cfg.latents_dir or cfg.train_data_dir or (cfg.dataset_name if dataset is None else "an in-memory dataset")
-            out = save_pipeline(cfg, {k: v.cpu() for k, v in ema_state.items()}, model_config, pipe_vae,
+            out = save_pipeline(cfg, {k: v.cpu() for k, v in ema_state.items()}, model_config, decode_vae,
                                 data.id2label, final_step, str(source))
             logger.info("saved the pipeline to %s", out)
     accelerator.wait_for_everyone()
@@ -569,5 +583,3 @@ def main(argv: list[str] | None = None) -> None:
 if __name__ == "__main__":
     main()
 
-
-__all__ = ["train", "main", "save_checkpoint", "resolve_resume", "sample_draws", "update_ema", "LatentsMeta"]
