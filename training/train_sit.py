@@ -316,14 +316,15 @@ def save_checkpoint(cfg: TrainConfig, accelerator: Any, step: int) -> Path:
     """``accelerator.save_state`` into a temporary folder, renamed into place only once complete.
 
     A crash mid-write leaves a ``.tmp-`` folder that is never picked as a checkpoint (and is cleared by
-    the next save); then the oldest checkpoints beyond ``checkpoints_total_limit`` are deleted.
+    the next save); ``output_dir`` must be on a filesystem shared by all nodes. Then the oldest checkpoints beyond ``checkpoints_total_limit`` are deleted.
     """
     root = checkpoint_dir(cfg)
     final = root / f"{CHECKPOINT_PREFIX}{step:07d}"
     tmp = root / f".tmp-{CHECKPOINT_PREFIX}{step:07d}"
     if accelerator.is_main_process:
         root.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(tmp, ignore_errors=True)
+        for stale in root.glob(f".tmp-{CHECKPOINT_PREFIX}*"):  # left by a crash mid-write
+            shutil.rmtree(stale, ignore_errors=True)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp))
     accelerator.wait_for_everyone()
