@@ -70,7 +70,8 @@ def test_console_script_is_declared() -> None:
         (["--mode", "ode", "--solver", "rk45"], "choose from dopri5, euler, heun"),
         (["--mode", "sde", "--solver", "dopri5"], "choose from euler, heun"),
         (["--preset", "fast"], "unknown --preset 'fast'"),
-        (["--preset", "paper-fid", "--solver", "euler"], "exclusive"),
+        (["--preset", "paper-fid", "--solver", "euler"], "--preset excludes"),
+        (["--solver", "rk45"], "for --mode ode"),
         (["--steps", "0"], "must be >= 1"),
         (["--num-images", "-2"], "must be >= 1"),
         (["--guidance-channels", "0"], "'all' or a positive int"),
@@ -133,6 +134,22 @@ def test_grid_and_folder_agree_and_match_the_pipeline(capsys, model_dir: Path, t
         expected = (image * 255).round().astype(np.uint8)
         np.testing.assert_array_equal(np.asarray(PIL.Image.open(folder / name)), expected)
     assert len({np.asarray(PIL.Image.open(folder / n)).tobytes() for n in files}) == 3  # seeds differ
+
+
+def test_without_sampler_flags_the_saved_sampler_is_used(capsys, model_dir: Path, tmp_path: Path) -> None:
+    args = [
+        "--model",
+        str(model_dir),
+        "--class",
+        "fish",
+        "--cfg",
+        "1",
+        "--quiet",
+        "--out",
+        str(tmp_path / "x.png"),
+    ]
+    code, out, _ = run_cli(args, capsys)  # model_dir saved an ode-euler sampler and no default step count
+    assert code == 0 and "saved sampler ode-euler, cfg 1.0" in out and "2 (fish)" in out
 
 
 def test_random_classes_from_the_seed_and_sde_mode(capsys, model_dir: Path, tmp_path: Path) -> None:

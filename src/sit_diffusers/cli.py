@@ -74,7 +74,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--num-images", type=_positive_int, default=None, help="default: one per --class, else 4"
     )
-    parser.add_argument("--mode", choices=("ode", "sde"), default="ode", help="probability-flow ODE or SDE")
+    parser.add_argument(
+        "--mode",
+        choices=("ode", "sde"),
+        default=None,
+        help="probability-flow ODE or SDE (default: the model's saved sampler; ode if only --solver is given)",
+    )
     parser.add_argument(
         "--solver",
         default=None,
@@ -114,20 +119,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def preset_for(args: argparse.Namespace, parser: argparse.ArgumentParser) -> str:
-    """``--preset`` or ``f"{mode}-{solver}"``, checked against the sampler presets."""
+def preset_for(args: argparse.Namespace, parser: argparse.ArgumentParser) -> str | None:
+    """``--preset``, or ``f"{mode}-{solver}"`` checked against the sampler presets; ``None`` when no
+    sampler flag is given (the pipeline's saved sampler and step count are used)."""
     names = _preset_names()
     if args.preset is not None:
-        if args.solver is not None:
-            parser.error("--preset and --solver are exclusive")
+        if args.solver is not None or args.mode is not None:
+            parser.error("--preset excludes --mode and --solver")
         if args.preset not in names:
             parser.error(f"unknown --preset {args.preset!r}; choose from {', '.join(names)}")
         return args.preset
-    solver = args.solver or {"ode": "dopri5", "sde": "euler"}[args.mode]
-    name = f"{args.mode}-{solver}"
+    if args.mode is None and args.solver is None:
+        return None
+    mode = args.mode or "ode"
+    solver = args.solver or {"ode": "dopri5", "sde": "euler"}[mode]
+    name = f"{mode}-{solver}"
     if name not in names:
-        valid = sorted(n.split("-", 1)[1] for n in names if n.startswith(args.mode + "-"))
-        parser.error(f"unknown --solver {solver!r} for --mode {args.mode}; choose from {', '.join(valid)}")
+        valid = sorted(n.split("-", 1)[1] for n in names if n.startswith(mode + "-"))
+        parser.error(f"unknown --solver {solver!r} for --mode {mode}; choose from {', '.join(valid)}")
     return name
 
 
@@ -158,18 +167,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.out.suffix and args.out.suffix.lower() != ".png":
         parser.error(f"--out {args.out}: give a .png file (grid) or a folder name without suffix")
 
+    from diffusers.utils import logging as diffusers_logging
+
     from .hub import PipelineNotFoundError
     from .labels import UnknownClassLabelError
     from .pipeline_sit import SiTPipeline
 
+    if args.quiet:
+        diffusers_logging.disable_progress_bar()
     try:
         pipe = SiTPipeline.from_pretrained(args.model)
     except PipelineNotFoundError as err:
         parser.error(f"--model: {err}")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     pipe.to(device)
-    pipe.transformer.to(DTYPES[args.dtype])  # the sampler state and the VAE stay float32
-    pipe.set_sampler(preset)
+    dtype = DTYPES[args.dtype]
+    if pipe.transformer.dtype != dtype:  # the sampler state and the VAE stay float32
+        # diffusers <= 0.42 warns on every ModelMixin.to(dtype) ("modules that should be kept in float32: []")
+        level = diffusers_logging.get_verbosity()
+        diffusers_logging.set_verbosity_error()
+        try:
+            pipe.transformer.to(dtype)
+        finally:
+            diffusers_logging.set_verbosity(level)
+    if preset is not None:
+        pipe.set_sampler(preset)
     pipe.set_progress_bar_config(disable=args.quiet, desc="sampling", leave=False)
 
     if args.classes:
@@ -212,7 +234,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     summary = ", ".join(
         f"{i} ({names[i].split(',')[0]})" if i in names else str(i) for i in sorted(set(labels))
     )
-    print(f"wrote {n} images ({preset}, cfg {cfg}) to {args.out}; classes: {summary}")
+    sampler = preset or f"saved sampler {pipe.scheduler.config.mode}-{pipe.scheduler.config.solver}"
+    print(f"wrote {n} images ({sampler}, cfg {cfg}) to {args.out}; classes: {summary}")
     return 0
 
 

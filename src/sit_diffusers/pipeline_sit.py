@@ -82,7 +82,7 @@ class SiTPipeline(DiffusionPipeline):
         transformer: SiTTransformer2DModel,
         scheduler: SiTSampler,
         vae: AutoencoderKL | None = None,
-        id2label: Mapping[int | str, str] | None = None,
+        id2label: Mapping[Union[int, str], str] | None = None,  # typing.Union: diffusers checks it
         default_num_inference_steps: int | None = None,
     ) -> None:
         super().__init__()
