@@ -162,6 +162,20 @@ def test_random_classes_from_the_seed_and_sde_mode(capsys, model_dir: Path, tmp_
     np.testing.assert_array_equal(a, b)
 
 
+def test_the_embedded_default_model_generates_digits(capsys, tmp_path: Path) -> None:
+    if getattr(sit_diffusers, "DEFAULT_MODEL", None) is None:
+        pytest.skip("no embedded default model in this checkout")
+    out_dir = tmp_path / "digits"
+    code, out, _ = run_cli(
+        ["--class", "3", "--class", "7", "--steps", "2", "--quiet", "--out", str(out_dir)], capsys
+    )
+    assert code == 0 and "classes: 3 (3), 7 (7)" in out
+    images = [np.asarray(PIL.Image.open(p)) for p in sorted(out_dir.iterdir())]
+    index = SiTPipeline.load_config(sit_diffusers.DEFAULT_MODEL)  # model_index.json
+    assert len(images) == 2 and index["_class_name"] == "SiTPipeline"
+    assert all(im.ndim == 2 and im.shape[0] == im.shape[1] and im.std() > 0 for im in images)  # grey digits
+
+
 def test_make_grid_layout() -> None:
     tiles = [PIL.Image.new("L", (4, 3), color=c) for c in (10, 20, 30, 40, 50)]
     grid = np.asarray(make_grid(tiles, pad=1))
