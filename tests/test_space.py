@@ -399,6 +399,30 @@ def test_unreachable_hub_model_falls_back_to_the_embedded_model(app, tiny_pipeli
         app.load_model(None, "cpu")
 
 
+def test_embedded_model_draws_the_digits_asked_for(app, monkeypatch):
+    """With no SIT_MODEL the Space serves the shipped digit model, and its images are the chosen digits
+    (judged by the package's shipped digit classifier)."""
+    import sit_diffusers
+
+    default = getattr(sit_diffusers, "DEFAULT_MODEL", None)
+    if default is None or not (Path(default) / "model_index.json").is_file():
+        pytest.skip("the embedded digit model is not in this checkout")
+    from sit_diffusers.evaluation import conditional_accuracy, load_classifier
+
+    monkeypatch.delenv("SIT_MODEL", raising=False)
+    pipe, ref, note = app.load_model(app.default_model_ref(), "cpu")
+    assert ref == str(default) and note is None
+    demo = app.SiTDemo(pipe, "sit-digits", "cpu")
+    n = app.MAX_IMAGES  # images cycle through the ten digits
+    gallery, info, _ = demo.generate([str(d) for d in range(10)], n, "ODE", "heun", 10, 4.0, 0.0, 1.0,
+                                     "sigma", 1.0, 0, False)  # fmt: skip
+    images = torch.stack(
+        [torch.from_numpy(np.asarray(img.convert("L"), dtype=np.float32)) for img, _ in gallery]
+    )  # (n, 28, 28) in [0, 255]
+    images = images[:, None] / 127.5 - 1.0  # (n, 1, 28, 28) in [-1, 1]
+    assert conditional_accuracy(load_classifier(), images, torch.arange(n) % 10) >= 0.75, info
+
+
 def test_zero_gpu_wraps_generate_with_spaces_gpu(tiny_pipe):
     """With the ``spaces`` package importable the generate endpoint runs through ``@spaces.GPU``."""
     calls = []
