@@ -41,7 +41,6 @@ HUB_KWARGS: tuple[str, ...] = (
     "local_files_only",
     "force_download",
     "allow_patterns",
-    "proxies",
 )
 
 
@@ -71,7 +70,6 @@ def resolve_pretrained_folder(
     local_files_only: bool | None = None,
     force_download: bool = False,
     allow_patterns: list[str] | tuple[str, ...] | None = DEFAULT_ALLOW_PATTERNS,
-    proxies: dict | None = None,
 ) -> Path:
     """Return a local folder holding the pipeline ``repo_id_or_path``.
 
@@ -96,7 +94,6 @@ def resolve_pretrained_folder(
             f"{ref!r} is neither a local folder nor a valid Hub repo id: {err}"
         ) from None
 
-    kwargs = {"proxies": proxies} if proxies else {}
     try:
         folder = snapshot_download(
             ref,
@@ -106,7 +103,6 @@ def resolve_pretrained_folder(
             local_files_only=bool(local_files_only),
             force_download=force_download,
             allow_patterns=list(allow_patterns) if allow_patterns is not None else None,
-            **kwargs,
         )
     except GatedRepoError as err:
         raise PipelineNotFoundError(

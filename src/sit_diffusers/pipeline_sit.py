@@ -158,7 +158,7 @@ class SiTPipeline(DiffusionPipeline):
 
         The repo is fetched with ``huggingface_hub.snapshot_download`` and then loaded locally (see
         :mod:`sit_diffusers.hub` for why); hub keyword arguments (``revision``, ``cache_dir``, ``token``,
-        ``local_files_only``, ``force_download``, ``allow_patterns``, ``proxies``) go to the download, the
+        ``local_files_only``, ``force_download``, ``allow_patterns``) go to the download, the
         rest (``torch_dtype``, components to replace, ...) to ``DiffusionPipeline.from_pretrained``.
         """
         hub_kwargs = {k: kwargs.pop(k) for k in HUB_KWARGS if k in kwargs}
