@@ -199,7 +199,8 @@ class SiTPipeline(DiffusionPipeline):
         k = None if guidance_channels == "all" else int(guidance_channels)
 
         def predict(x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-            out = transformer(x.to(transformer.dtype), t.to(transformer.dtype), y).sample
+            # t stays float32: the model embeds it in float32 (a bf16 t would round 0.333 to 0.334)
+            out = transformer(x.to(transformer.dtype), t, y).sample
             return out.to(torch.float32)
 
         def model_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
