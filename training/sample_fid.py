@@ -196,7 +196,10 @@ def load_pipeline(cfg: SampleConfig, device: torch.device):
     if cfg.preset is not None:
         pipe.set_sampler(cfg.preset)
     pipe.set_progress_bar_config(disable=True)
-    return pipe.to(device=device, dtype=getattr(torch, cfg.dtype))
+    pipe.to(device)
+    if cfg.dtype != "float32":
+        pipe.to(dtype=getattr(torch, cfg.dtype))
+    return pipe
 
 
 def sample_batch(pipe, cfg: SampleConfig, indices: range, labels: list[int]) -> np.ndarray:
