@@ -262,7 +262,8 @@ def run(cfg: SampleConfig) -> dict[str, Any]:
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     try:
-        pipe = load_pipeline(cfg, state.device)
+        with state.main_process_first():  # a Hub id is downloaded once, then read from the cache
+            pipe = load_pipeline(cfg, state.device)
         labels = class_labels(cfg, pipe.num_classes)
         mine = [r for b, r in enumerate(batch_ranges(cfg.num_samples, cfg.batch_size))
                 if b % state.num_processes == state.process_index]
