@@ -184,3 +184,13 @@ def test_make_grid_layout() -> None:
         grid[0, 0] == 10 and grid[0, 5] == 20 and grid[0, 10] == 30 and grid[4, 0] == 40 and grid[4, 5] == 50
     )
     assert grid[4, 10] == 0  # the empty cell stays black
+
+
+def test_without_class_the_embedded_model_draws_every_digit(capsys, tmp_path: Path) -> None:
+    """The README's main job: `sit-generate --out samples.png` gives one image of each of the ten digits."""
+    out = tmp_path / "samples.png"
+    code, text, _ = run_cli(["--steps", "2", "--quiet", "--out", str(out)], capsys)
+    assert code == 0
+    assert "classes: " + ", ".join(f"{i} ({i})" for i in range(10)) in text
+    grid = PIL.Image.open(out)
+    assert grid.size == (4 * 28 + 3 * 2, 3 * 28 + 2 * 2)  # 10 tiles of 28 px in a 4-column grid

@@ -24,6 +24,9 @@ import torch
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
+#: Without --class, a model with at most this many classes draws one image of each (e.g. the ten digits).
+SMALL_LABEL_SET = 16
+
 def _preset_names() -> list[str]:
     from .scheduling_sit import SAMPLER_PRESETS
 
@@ -69,7 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=None,
         metavar="LABEL",
-        help="class id or name (repeatable); images cycle through them; none: random classes from --seed",
+        help=(
+            "class id or name (repeatable); images cycle through them; none: every class of a model with "
+            f"at most {SMALL_LABEL_SET} classes, else random classes from --seed"
+        ),
     )
     parser.add_argument(
         "--num-images", type=_positive_int, default=None, help="default: one per --class, else 4"
@@ -199,6 +205,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             ids = pipe.get_label_ids(args.classes)
         except UnknownClassLabelError as err:
             parser.error(f"--class: {err}")
+    elif args.num_images is None and pipe.num_classes <= SMALL_LABEL_SET:
+        ids = list(range(pipe.num_classes))  # a small label set (the digits): one image of each class
     else:
         gen = torch.Generator().manual_seed(args.seed)
         ids = torch.randint(0, pipe.num_classes, (args.num_images or 4,), generator=gen).tolist()
