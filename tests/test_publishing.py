@@ -168,3 +168,14 @@ def test_missing_hub_file_names_what_the_repo_holds(monkeypatch):
     monkeypatch.setattr(HfApi, "list_repo_files", lambda self, repo_id, **kw: ["SiT-XL-2-256.pt", "README.md"])
     with pytest.raises(FileNotFoundError, match="SiT-XL-2-256.pt"):
         build_mod.fetch_checkpoint(build_mod.repo_specs()["SiT-L-2-256"])
+
+
+def test_imagenet_repos_get_the_imagenet_names():
+    from sit_diffusers.modeling_sit import SiTTransformer2DModel
+
+    transformer = SiTTransformer2DModel(sample_size=4, patch_size=2, in_channels=4, hidden_size=32, depth=1,
+                                        num_heads=2, num_classes=1000)
+    spec = tiny_spec(num_classes=1000, default_preset="sde-euler")
+    pipe = build_mod.assemble_pipeline(transformer, spec, vae=None)
+    assert len(pipe.id2label) == 1000 and "golden retriever" in pipe.id2label[207]
+    assert pipe.scheduler.config.mode == "sde" and pipe.config.default_num_inference_steps == 250
