@@ -355,10 +355,12 @@ class SiTDemo:
         solver = solver if solver in SOLVERS[mode] else SOLVERS[mode][min(1, len(SOLVERS[mode]) - 1)]
         form = cfg.get("diffusion_form", "sigma")
         steps = getattr(getattr(self.pipe, "config", None), "default_num_inference_steps", None) or 25
+        guidance = getattr(getattr(self.pipe, "config", None), "default_guidance_scale", None) or 4.0
         return {
             "mode": mode,
             "solver": solver,
             "steps": max(1, min(int(steps), MAX_STEPS)),
+            "guidance_scale": max(1.0, min(float(guidance), MAX_GUIDANCE)),
             "diffusion_form": form if form in DIFFUSION_FORMS else "sigma",
             "diffusion_norm": float(cfg.get("diffusion_norm", 1.0)),
         }
@@ -440,7 +442,9 @@ def build_demo(demo_state: SiTDemo, note: str | None = None) -> gr.Blocks:
                     mode = gr.Radio(list(MODES), value=start["mode"], label="Sampler mode")
                     solver = gr.Dropdown(list(SOLVERS[start["mode"]]), value=start["solver"], label="Solver")
                 steps = gr.Slider(1, MAX_STEPS, value=start["steps"], step=1, label="Steps")
-                guidance_scale = gr.Slider(1.0, MAX_GUIDANCE, value=4.0, step=0.1, label="Guidance scale")
+                guidance_scale = gr.Slider(
+                    1.0, MAX_GUIDANCE, value=start["guidance_scale"], step=0.1, label="Guidance scale"
+                )
                 with gr.Row():
                     interval_start = gr.Slider(0.0, 1.0, value=0.0, step=0.01, label="Guidance from t =")
                     interval_end = gr.Slider(0.0, 1.0, value=1.0, step=0.01, label="Guidance until t =")

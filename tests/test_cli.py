@@ -192,5 +192,6 @@ def test_without_class_the_embedded_model_draws_every_digit(capsys, tmp_path: Pa
     code, text, _ = run_cli(["--steps", "2", "--quiet", "--out", str(out)], capsys)
     assert code == 0
     assert "classes: " + ", ".join(f"{i} ({i})" for i in range(10)) in text
+    assert "cfg 1.5" in text  # the guidance scale saved with the embedded pipeline (its card's choice)
     grid = PIL.Image.open(out)
     assert grid.size == (4 * 28 + 3 * 2, 3 * 28 + 2 * 2)  # 10 tiles of 28 px in a 4-column grid

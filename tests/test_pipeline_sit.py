@@ -338,6 +338,21 @@ def test_save_load_round_trip_keeps_outputs_labels_and_sampler(
     torch.testing.assert_close(a.images, b.images, rtol=0, atol=0)
 
 
+def test_saved_default_guidance_scale_is_used_when_none_is_given(tiny_pipe: SiTPipeline, tmp_path: Path) -> None:
+    kw = {"class_labels": [1, 2], "num_inference_steps": 2, "output_type": "pt"}
+    unguided = tiny_pipe(generator=gens([0, 1]), **kw)
+    assert unguided.nfe == 2  # no default saved: scale 1.0, one pass per evaluation
+    tiny_pipe.register_to_config(default_guidance_scale=2.5)
+    tiny_pipe.save_pretrained(tmp_path)
+    loaded = SiTPipeline.from_pretrained(tmp_path)
+    loaded.set_progress_bar_config(disable=True)
+    assert loaded.config.default_guidance_scale == 2.5
+    implicit = loaded(generator=gens([0, 1]), **kw)
+    explicit = tiny_pipe(generator=gens([0, 1]), guidance_scale=2.5, **kw)
+    torch.testing.assert_close(implicit.images, explicit.images, rtol=0, atol=0)
+    assert not torch.equal(implicit.images, unguided.images)
+
+
 def test_set_sampler_keeps_what_the_model_was_trained_for(tiny_pipe: SiTPipeline) -> None:
     tiny_pipe.scheduler = SiTSampler(path_type="gvp", prediction="noise", mode="ode", solver="euler")
     tiny_pipe.set_sampler("sde-heun")

@@ -27,6 +27,7 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 #: Without --class, a model with at most this many classes draws one image of each (e.g. the ten digits).
 SMALL_LABEL_SET = 16
 
+
 def _preset_names() -> list[str]:
     from .scheduling_sit import SAMPLER_PRESETS
 
@@ -98,7 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--cfg",
         type=float,
         default=None,
-        help="guidance scale (default 4.0, or 1.0 if the model has no null class)",
+        help=(
+            "guidance scale (default: the pipeline's saved default_guidance_scale, else 4.0 as the "
+            "official sample.py, or 1.0 if the model has no null class)"
+        ),
     )
     parser.add_argument(
         "--guidance-channels", type=_guidance_channels, default="all", help="'all' or 3 (official)"
@@ -213,7 +217,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     n = args.num_images or len(ids)
     labels = [ids[i % len(ids)] for i in range(n)]
     has_null = pipe.transformer.config.class_dropout_prob > 0
-    cfg = args.cfg if args.cfg is not None else (4.0 if has_null else 1.0)
+    saved_cfg = getattr(pipe.config, "default_guidance_scale", None)
+    if args.cfg is not None:
+        cfg = args.cfg
+    elif saved_cfg is not None:
+        cfg = float(saved_cfg)  # the scale the model's card recommends, saved with the pipeline
+    else:
+        cfg = 4.0 if has_null else 1.0  # the official sample.py default
 
     images: list[PIL.Image.Image] = []
     for start in range(0, n, args.batch_size):

@@ -71,6 +71,8 @@ class SiTPipeline(DiffusionPipeline):
             1000-class transformer means the ImageNet-1k names shipped with the package.
         default_num_inference_steps: steps used when ``__call__`` gets ``num_inference_steps=None`` (set by
             :meth:`set_sampler` from the preset, saved with the pipeline). ``None``: 250 (official default).
+        default_guidance_scale: guidance used when ``__call__`` gets ``guidance_scale=None`` (saved with the
+            pipeline: the scale its model card recommends). ``None``: 1.0 (no guidance).
     """
 
     model_cpu_offload_seq = "transformer->vae"
@@ -84,12 +86,16 @@ class SiTPipeline(DiffusionPipeline):
         vae: AutoencoderKL | None = None,
         id2label: Mapping[Union[int, str], str] | None = None,  # typing.Union: diffusers checks it
         default_num_inference_steps: int | None = None,
+        default_guidance_scale: float | None = None,
     ) -> None:
         super().__init__()
         self.register_modules(transformer=transformer, scheduler=scheduler, vae=vae)
         if id2label is None and transformer.config.num_classes == IMAGENET_NUM_CLASSES:
             id2label = imagenet_id2label()
-        self.register_to_config(default_num_inference_steps=default_num_inference_steps)
+        self.register_to_config(
+            default_num_inference_steps=default_num_inference_steps,
+            default_guidance_scale=default_guidance_scale,
+        )
         self.set_id2label(id2label)
         self.image_processor = VaeImageProcessor(do_resize=False, do_normalize=True)
 
@@ -261,6 +267,12 @@ class SiTPipeline(DiffusionPipeline):
             raise ValueError(f"cannot make PIL images from {images.shape[1]} channels; use output_type='pt'")
         return self.image_processor.postprocess(images.clamp(-1, 1), output_type=output_type)
 
+    @property
+    def default_guidance_scale(self) -> float:
+        """The saved ``default_guidance_scale`` (the model card's recommendation), else 1.0 (no guidance)."""
+        value = getattr(self.config, "default_guidance_scale", None)
+        return 1.0 if value is None else float(value)
+
     def _resolve_steps(self, num_inference_steps: int | None) -> int:
         if num_inference_steps is not None:
             if int(num_inference_steps) < 1:
@@ -274,7 +286,7 @@ class SiTPipeline(DiffusionPipeline):
     def __call__(
         self,
         class_labels: ClassLabels,
-        guidance_scale: float = 1.0,
+        guidance_scale: float | None = None,
         num_inference_steps: int | None = None,
         generator: GeneratorArg = None,
         latents: torch.Tensor | None = None,
@@ -290,7 +302,8 @@ class SiTPipeline(DiffusionPipeline):
 
         Args:
             class_labels: an id, a class name (any comma-separated synonym of ``id2label``), or a list of either.
-            guidance_scale: classifier-free guidance scale ``s`` (``1.0``: off, one pass per evaluation).
+            guidance_scale: classifier-free guidance scale ``s`` (``1.0``: off, one pass per evaluation);
+                ``None``: the pipeline's ``default_guidance_scale`` (else 1.0).
             num_inference_steps: sampler steps (``SiTSampler`` convention); ``None``: the preset's
                 (``default_num_inference_steps``), else 250. Adaptive solvers choose their own steps.
             generator: a ``torch.Generator`` or one per image (then an image does not depend on the batch).
@@ -314,6 +327,8 @@ class SiTPipeline(DiffusionPipeline):
         device = self._execution_device
         batch = len(ids)
         steps = self._resolve_steps(num_inference_steps)
+        if guidance_scale is None:
+            guidance_scale = self.default_guidance_scale
         y = torch.tensor(ids, device=device, dtype=torch.long)  # (N,)
         x0 = self.prepare_latents(batch, generator, latents, device)  # (N, C, S, S)
 
