@@ -28,3 +28,15 @@ def load_official(name: str) -> dict:
     from safetensors.torch import load_file
 
     return load_file(str(OFFICIAL_FIXTURES / f"{name}.safetensors"))
+
+
+def rel_err(a, b) -> float:
+    """Relative error ``||a - b|| / ||b||`` in float64."""
+    return ((a.double() - b.double()).norm() / b.double().norm()).item()
+
+
+def official_model():
+    """The official fixture network converted by our converter (width 64 matches no named config: 4 heads)."""
+    from sit_diffusers.conversion import load_official_checkpoint
+
+    return load_official_checkpoint(OFFICIAL_FIXTURES / "original_checkpoint.pt", num_heads=4).eval()

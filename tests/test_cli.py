@@ -19,14 +19,6 @@ from sit_diffusers.scheduling_sit import SiTSampler
 ID2LABEL = {0: "cat, kitty", 1: "dog", 2: "fish"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny saved pixel-space pipeline (3 channels, 8 x 8, 3 classes)."""

@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-from conftest import OFFICIAL_FIXTURES, load_official
+from conftest import load_official, official_model
 
 from sit_diffusers.interpolants import GaussianMixture, get_interpolant
 from sit_diffusers.likelihood import log_likelihood, rademacher
@@ -15,19 +15,9 @@ from sit_diffusers.likelihood import log_likelihood, rademacher
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_parity_with_official_likelihood_replaying_probes():
     """Official: Euler on linspace(0, 1, 10), a fresh Rademacher probe per evaluation (recorded)."""
-    from sit_diffusers.conversion import load_official_checkpoint
-
-    model = load_official_checkpoint(OFFICIAL_FIXTURES / "original_checkpoint.pt", num_heads=4).eval()
+    model = official_model()
     data = load_official("likelihood")
     y = data["y"].long()
     probes = data["euler.Linear.velocity.hutchinson_eps"]  # (9, N, C, H, W)

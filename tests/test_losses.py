@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from conftest import OFFICIAL_FIXTURES, load_official
+from conftest import OFFICIAL_FIXTURES, load_official, official_model, rel_err
 
 from sit_diffusers.interpolants import GaussianMixture, get_interpolant
 from sit_diffusers.losses import SiTObjective
@@ -14,23 +14,9 @@ from sit_diffusers.losses import SiTObjective
 F64 = torch.float64
 
 
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a.double() - b.double()).norm() / b.double().norm()).item()
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def official():
-    from sit_diffusers.conversion import load_official_checkpoint
-
-    model = load_official_checkpoint(OFFICIAL_FIXTURES / "original_checkpoint.pt", num_heads=4).eval()
+    model = official_model()
     data = load_official("transport_losses")
     y = data["y"].long()
     combos = json.loads((OFFICIAL_FIXTURES / "manifest.json").read_text())["files"]["transport_losses.safetensors"]

@@ -9,10 +9,9 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
-from conftest import OFFICIAL_FIXTURES, load_official
+from conftest import load_official, official_model
 from diffusers import AutoencoderKL
 
-from sit_diffusers.conversion import load_official_checkpoint
 from sit_diffusers.labels import UnknownClassLabelError
 from sit_diffusers.modeling_sit import SiTTransformer2DModel
 from sit_diffusers.pipeline_sit import SiTPipeline, SiTPipelineOutput
@@ -22,15 +21,6 @@ TOL = 1e-5
 
 
 # ----------------------------------------------------------------------------- helpers
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models on shared CPUs: one intra-op thread is ~10x faster than oversubscribed threads."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 class ReplayedBrownianSampler(SiTSampler):
     """SiTSampler whose Brownian increments are the recorded draws of the official run, in order."""
 
@@ -47,7 +37,7 @@ class ReplayedBrownianSampler(SiTSampler):
 @pytest.fixture(scope="module")
 def official_pipe() -> SiTPipeline:
     """The official fixture model (10 classes, learn_sigma) through the converter, no VAE."""
-    transformer = load_official_checkpoint(OFFICIAL_FIXTURES / "original_checkpoint.pt", num_heads=4)
+    transformer = official_model()
     pipe = SiTPipeline(transformer, SiTSampler.from_preset("ode-euler"))
     pipe.set_progress_bar_config(disable=True)
     return pipe

@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-from conftest import OFFICIAL_FIXTURES, load_official
+from conftest import OFFICIAL_FIXTURES, load_official, official_model, rel_err
 
 from sit_diffusers.interpolants import GaussianMixture, get_interpolant
 from sit_diffusers.scheduling_sit import SAMPLER_PRESETS, SiTSampler
@@ -20,25 +20,10 @@ F64 = torch.float64
 # ----------------------------------------------------------------------------------------------------------
 
 
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a.double() - b.double()).norm() / b.double().norm()).item()
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one intra-op thread is ~20x faster than oversubscribed threads on a shared CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def official():
     """The official fixture network as a model function (records the time of every call)."""
-    from sit_diffusers.conversion import load_official_checkpoint
-
-    model = load_official_checkpoint(OFFICIAL_FIXTURES / "original_checkpoint.pt", num_heads=4).eval()
+    model = official_model()
     data = load_official("samplers")
     y = data["y"].long()
     calls: list[float] = []
