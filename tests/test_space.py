@@ -359,16 +359,18 @@ def test_every_example_row_is_a_valid_request(app, num_classes):
 
 def test_controls_start_at_the_models_own_sampler(app, tiny_pipe):
     assert app.SiTDemo(tiny_pipe, "tiny", "cpu").defaults() == {
-        "mode": "ODE", "solver": "heun", "steps": 25, "diffusion_form": "sigma", "diffusion_norm": 1.0
-    }  # fmt: skip
+        "mode": "ODE", "solver": "heun", "steps": 25, "guidance_scale": 4.0, "diffusion_form": "sigma",
+        "diffusion_norm": 1.0,
+    }  # fmt: skip  (no saved guidance scale: the official 4.0)
     pipe = types.SimpleNamespace(
         transformer=tiny_pipe.transformer,
         scheduler=SiTSampler.from_preset("sde-euler", diffusion_form="linear", diffusion_norm=0.5),
-        config=types.SimpleNamespace(default_num_inference_steps=10_000),
+        config=types.SimpleNamespace(default_num_inference_steps=10_000, default_guidance_scale=1.5),
         id2label=DIGITS,
     )
     assert app.SiTDemo(pipe, "stand-in", "cpu").defaults() == {
-        "mode": "SDE", "solver": "euler", "steps": app.MAX_STEPS, "diffusion_form": "linear", "diffusion_norm": 0.5
+        "mode": "SDE", "solver": "euler", "steps": app.MAX_STEPS, "guidance_scale": 1.5,
+        "diffusion_form": "linear", "diffusion_norm": 0.5,
     }  # fmt: skip
 
 
