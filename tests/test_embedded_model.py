@@ -39,6 +39,10 @@ def test_shipped_folder_is_small_and_configured(pipe) -> None:
     assert (sched.mode, sched.solver, sched.path_type, sched.prediction) == ("ode", "heun", "linear", "velocity")
     assert pipe.config.default_num_inference_steps == 10
     assert pipe.transformer.dtype == torch.float32  # float16 on disk, float32 once loaded
+    from sit_diffusers.evaluation import EMBEDDED_GUIDANCE_SCALE
+
+    # the scale the quality tests measure is the one sit-generate and the Space use by default
+    assert pipe.config.default_guidance_scale == EMBEDDED_GUIDANCE_SCALE
 
 
 @pytest.fixture(scope="module")
