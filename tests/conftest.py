@@ -40,3 +40,18 @@ def official_model():
     from sit_diffusers.conversion import load_official_checkpoint
 
     return load_official_checkpoint(OFFICIAL_FIXTURES / "original_checkpoint.pt", num_heads=4).eval()
+
+
+def tiny_sit(std: float, **config):
+    """A tiny pixel-space ``SiTTransformer2DModel`` (seed 0) in eval mode, every weight redrawn from
+    N(0, std^2): adaLN-Zero's zero init would make the output ignore labels and t.
+    ``config`` overrides the defaults (patch 2, hidden 16, depth 1, 2 heads, 3 channels, no learn_sigma)."""
+    from sit_diffusers.modeling_sit import SiTTransformer2DModel
+
+    torch.manual_seed(0)
+    defaults = dict(patch_size=2, in_channels=3, hidden_size=16, depth=1, num_heads=2, learn_sigma=False)
+    model = SiTTransformer2DModel(**{**defaults, **config})
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, std)
+    return model.eval()

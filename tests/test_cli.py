@@ -9,10 +9,10 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
+from conftest import tiny_sit
 
 import sit_diffusers
 from sit_diffusers.cli import build_parser, main, make_grid
-from sit_diffusers.modeling_sit import SiTTransformer2DModel
 from sit_diffusers.pipeline_sit import SiTPipeline
 from sit_diffusers.scheduling_sit import SiTSampler
 
@@ -22,20 +22,7 @@ ID2LABEL = {0: "cat, kitty", 1: "dog", 2: "fish"}
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny saved pixel-space pipeline (3 channels, 8 x 8, 3 classes)."""
-    torch.manual_seed(0)
-    model = SiTTransformer2DModel(
-        sample_size=8,
-        patch_size=2,
-        in_channels=3,
-        hidden_size=16,
-        depth=1,
-        num_heads=2,
-        num_classes=3,
-        learn_sigma=False,
-    )
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0.0, 0.3)
+    model = tiny_sit(0.3, sample_size=8, num_classes=3)
     folder = tmp_path_factory.mktemp("cli") / "tiny-sit"
     SiTPipeline(model.eval(), SiTSampler.from_preset("ode-euler"), id2label=ID2LABEL).save_pretrained(folder)
     return folder

@@ -20,9 +20,9 @@ from urllib.parse import unquote, urlparse
 
 import pytest
 import torch
+from conftest import tiny_sit
 
 from sit_diffusers.hub import PipelineNotFoundError, resolve_pretrained_folder
-from sit_diffusers.modeling_sit import SiTTransformer2DModel
 from sit_diffusers.pipeline_sit import SiTPipeline
 from sit_diffusers.scheduling_sit import SiTSampler
 
@@ -115,20 +115,7 @@ class FakeHub:
 @pytest.fixture(scope="module")
 def saved_pipeline(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, torch.Tensor, torch.Tensor]:
     """A tiny pixel-space pipeline saved to disk, its fixed input noise and its reference output."""
-    torch.manual_seed(0)
-    model = SiTTransformer2DModel(
-        sample_size=4,
-        patch_size=2,
-        in_channels=3,
-        hidden_size=16,
-        depth=1,
-        num_heads=2,
-        num_classes=3,
-        learn_sigma=False,
-    )
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0.0, 0.3)
+    model = tiny_sit(0.3, sample_size=4, num_classes=3)
     pipe = SiTPipeline(model.eval(), SiTSampler.from_preset("ode-heun"), id2label=ID2LABEL)
     pipe.register_to_config(default_num_inference_steps=2)
     pipe.set_progress_bar_config(disable=True)

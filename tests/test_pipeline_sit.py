@@ -9,7 +9,7 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
-from conftest import load_official, official_model
+from conftest import load_official, official_model, tiny_sit
 from diffusers import AutoencoderKL
 
 from sit_diffusers.labels import UnknownClassLabelError
@@ -51,21 +51,9 @@ def samplers() -> dict[str, torch.Tensor]:
 def tiny_transformer(
     sample_size: int = 8, in_channels: int = 4, num_classes: int = 10
 ) -> SiTTransformer2DModel:
-    torch.manual_seed(0)
-    model = SiTTransformer2DModel(
-        sample_size=sample_size,
-        patch_size=2,
-        in_channels=in_channels,
-        hidden_size=32,
-        depth=2,
-        num_heads=2,
-        num_classes=num_classes,
-        learn_sigma=False,
+    return tiny_sit(
+        0.2, sample_size=sample_size, in_channels=in_channels, hidden_size=32, depth=2, num_classes=num_classes
     )
-    with torch.no_grad():  # adaLN-Zero init outputs zeros: draw weights so that labels and t matter
-        for p in model.parameters():
-            p.normal_(0.0, 0.2)
-    return model.eval()
 
 
 def tiny_vae() -> AutoencoderKL:
