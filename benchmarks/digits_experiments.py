@@ -12,6 +12,7 @@ real-vs-real floor at the same N. ``--json FILE`` also writes the rows.
 
 * ``samplers`` (paper Fig. 5 / Table 3 in miniature): ODE Euler, Heun, dopri5 and SDE Euler-Maruyama,
   Heun at NFE ~5 .. 250 without guidance, then SDE diffusion forms ``w_t`` and norms at a fixed NFE.
+  ``--only REGEX`` keeps the rows whose name matches (``--only 'w=(?!sigma\\))'`` = the diffusion forms).
 * ``guidance``: guidance scale and guidance interval (SiT time, t = 0 noise) at the default sampler.
 * ``walk`` (paper Sec. 3, Table 1): pipelines trained by ``benchmarks/train_digits.py --variant ...`` with
   the same budget, each sampled with its matching ODE (Heun) and SDE (Euler) sampler.
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -42,7 +44,7 @@ from sit_diffusers.pipeline_sit import SiTPipeline
 from sit_diffusers.scheduling_sit import SiTSampler
 
 ODE_EULER_STEPS = (5, 10, 25, 50, 125, 250)
-HEUN_STEPS = (3, 5, 13, 25, 63, 125)  # NFE = 2 n - 1 for the ODE
+HEUN_STEPS = (3, 5, 13, 25, 63, 125)  # NFE = 2 n (two model calls per step)
 SDE_FORMS = ("sigma", "SBDM", "linear", "decreasing", "increasing-decreasing", "constant")
 SDE_NORMS = (0.5, 1.0, 2.0)
 GUIDANCE_SCALES = (1.0, 1.5, 2.0, 3.0, 4.0, 6.0)
@@ -67,7 +69,9 @@ class Bench:
         return pipe
 
     def row(self, name: str, pipe: SiTPipeline, scheduler: SiTSampler, steps: int | None,
-            guidance_scale: float = 1.0, **kwargs: Any) -> QualityRow:
+            guidance_scale: float = 1.0, **kwargs: Any) -> QualityRow | None:
+        if self.args.only and not re.search(self.args.only, name):
+            return None
         pipe.scheduler = scheduler
         nfe: list[int] = []
 
@@ -173,6 +177,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--guidance-scale", type=float, default=1.0, help="default experiment only")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", default=None)
+    parser.add_argument("--only", default=None, metavar="REGEX",
+                        help="run only the rows whose name matches (e.g. 'SDE Euler 50 \\(w=' for the diffusion forms)")
     args = parser.parse_args(argv)
     bench = Bench(args)
     {"samplers": cmd_samplers, "guidance": cmd_guidance, "walk": cmd_walk, "default": cmd_default}[args.experiment](bench)

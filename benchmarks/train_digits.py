@@ -51,7 +51,8 @@ def digits_config(args: argparse.Namespace) -> dict[str, Any]:
     """The ``TrainConfig`` fields of a digit run (everything not listed is the trainer's default)."""
     return {
         "model": "SiT-S/4",
-        "model_overrides": dict(MODEL_OVERRIDES),
+        "model_overrides": {"hidden_size": args.hidden_size, "depth": args.depth, "num_heads": args.num_heads,
+                            "patch_size": args.patch_size},
         "resolution": 28,
         "num_classes": 10,
         "class_dropout_prob": 0.1,
@@ -179,14 +180,24 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-seconds", type=float, default=None, help="vectorised loop: stop after this long")
     parser.add_argument("--warmup", type=int, default=500)
     parser.add_argument("--install", action="store_true", help=f"copy the pipeline to {EMBEDDED_DIR}")
+    size = parser.add_argument_group("model size (default: the embedded model)")
+    for name in ("hidden_size", "depth", "num_heads", "patch_size"):
+        size.add_argument("--" + name.replace("_", "-"), type=int, default=MODEL_OVERRIDES[name])
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     args = parser.parse_args(argv)
 
     if args.device == "cpu":
         os.environ["CUDA_VISIBLE_DEVICES"] = ""  # accelerate picks CUDA whenever it sees one
+    if args.install and any(getattr(args, k) != v for k, v in MODEL_OVERRIDES.items()):
+        parser.error("--install ships the embedded architecture only; drop the model-size flags")
+    if args.hidden_size % args.num_heads or 28 % args.patch_size:
+        parser.error("--hidden-size must be a multiple of --num-heads and 28 a multiple of --patch-size")
     import torch
 
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda but no CUDA device is visible")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     sys.path.insert(0, str(REPO))
     from sit_diffusers.digits import digits_dataset
     from training.config import config_from_dict
@@ -204,6 +215,7 @@ def main(argv: list[str] | None = None) -> None:
     info = {
         "command": "python benchmarks/train_digits.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "variant": args.variant, "loop": args.loop, "steps": steps, "batch_size": args.batch_size,
+        "model": {k: getattr(args, k) for k in MODEL_OVERRIDES},
         "train_seconds": round(seconds, 1), "device": device_name, "torch": torch.__version__,
     }
     (args.out / "training.json").write_text(json.dumps(info, indent=2))
