@@ -42,6 +42,19 @@ def official_model():
     return load_official_checkpoint(OFFICIAL_FIXTURES / "original_checkpoint.pt", num_heads=4).eval()
 
 
+def as_model_fn(model, y, calls: list | None = None):
+    """``model`` (a ``SiTTransformer2DModel``) as ``fn(x, t) -> output`` for the labels ``y``, without
+    autograd; ``calls``, when given, records the time ``t[0]`` of every call."""
+
+    def fn(x, t):
+        if calls is not None:
+            calls.append(float(t[0]))
+        with torch.no_grad():
+            return model(x, t, y).sample
+
+    return fn
+
+
 def tiny_sit(std: float, **config):
     """A tiny pixel-space ``SiTTransformer2DModel`` (seed 0) in eval mode, every weight redrawn from
     N(0, std^2): adaLN-Zero's zero init would make the output ignore labels and t.

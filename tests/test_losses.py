@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from conftest import OFFICIAL_FIXTURES, load_official, official_model, rel_err
+from conftest import OFFICIAL_FIXTURES, as_model_fn, load_official, official_model, rel_err
 
 from sit_diffusers.interpolants import GaussianMixture, get_interpolant
 from sit_diffusers.losses import SiTObjective
@@ -16,16 +16,10 @@ F64 = torch.float64
 
 @pytest.fixture(scope="module")
 def official():
-    model = official_model()
     data = load_official("transport_losses")
-    y = data["y"].long()
     combos = json.loads((OFFICIAL_FIXTURES / "manifest.json").read_text())["files"]["transport_losses.safetensors"]
-
-    def model_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            return model(x, t, y).sample
-
-    return {"fn": model_fn, "data": data, "combos": combos["combos"], "seed": combos["loss_seed"]}
+    return {"fn": as_model_fn(official_model(), data["y"].long()), "data": data, "combos": combos["combos"],
+            "seed": combos["loss_seed"]}
 
 
 COMBOS = [

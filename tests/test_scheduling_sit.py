@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-from conftest import OFFICIAL_FIXTURES, load_official, official_model, rel_err
+from conftest import OFFICIAL_FIXTURES, as_model_fn, load_official, official_model, rel_err
 
 from sit_diffusers.interpolants import GaussianMixture, get_interpolant
 from sit_diffusers.scheduling_sit import SAMPLER_PRESETS, SiTSampler
@@ -27,21 +27,9 @@ def official():
     data = load_official("samplers")
     y = data["y"].long()
     calls: list[float] = []
-
-    def model_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        calls.append(float(t[0]))
-        with torch.no_grad():
-            return model(x, t, y).sample
-
-    def labelled_fn(labels: torch.Tensor):
-        def fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            with torch.no_grad():
-                return model(x, t, labels).sample
-
-        return fn
-
     runs = json.loads((OFFICIAL_FIXTURES / "manifest.json").read_text())["files"]["samplers.safetensors"]["runs"]
-    return {"fn": model_fn, "calls": calls, "data": data, "runs": runs, "labelled_fn": labelled_fn, "y": y}
+    return {"fn": as_model_fn(model, y, calls), "calls": calls, "data": data, "runs": runs,
+            "labelled_fn": lambda labels: as_model_fn(model, labels), "y": y}
 
 
 def replay(tensors: torch.Tensor):
