@@ -47,12 +47,16 @@ VARIANTS: dict[str, dict[str, Any]] = {
 }
 
 
+def model_size(args: argparse.Namespace) -> dict[str, int]:
+    """The architecture flags of a run (the keys of :data:`MODEL_OVERRIDES`)."""
+    return {k: getattr(args, k) for k in MODEL_OVERRIDES}
+
+
 def digits_config(args: argparse.Namespace) -> dict[str, Any]:
     """The ``TrainConfig`` fields of a digit run (everything not listed is the trainer's default)."""
     return {
         "model": "SiT-S/4",
-        "model_overrides": {"hidden_size": args.hidden_size, "depth": args.depth, "num_heads": args.num_heads,
-                            "patch_size": args.patch_size},
+        "model_overrides": model_size(args),
         "resolution": 28,
         "num_classes": 10,
         "class_dropout_prob": 0.1,
@@ -188,7 +192,7 @@ def main(argv: list[str] | None = None) -> None:
 
     if args.device == "cpu":
         os.environ["CUDA_VISIBLE_DEVICES"] = ""  # accelerate picks CUDA whenever it sees one
-    if args.install and any(getattr(args, k) != v for k, v in MODEL_OVERRIDES.items()):
+    if args.install and model_size(args) != MODEL_OVERRIDES:
         parser.error("--install ships the embedded architecture only; drop the model-size flags")
     if args.hidden_size % args.num_heads or 28 % args.patch_size:
         parser.error("--hidden-size must be a multiple of --num-heads and 28 a multiple of --patch-size")
@@ -215,7 +219,7 @@ def main(argv: list[str] | None = None) -> None:
     info = {
         "command": "python benchmarks/train_digits.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "variant": args.variant, "loop": args.loop, "steps": steps, "batch_size": args.batch_size,
-        "model": {k: getattr(args, k) for k in MODEL_OVERRIDES},
+        "model": model_size(args),
         "train_seconds": round(seconds, 1), "device": device_name, "torch": torch.__version__,
     }
     (args.out / "training.json").write_text(json.dumps(info, indent=2))
