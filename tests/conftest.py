@@ -1,4 +1,4 @@
-"""Shared test helpers: where the official SiT reference outputs live (``../shared/fixtures``)."""
+"""Shared test helpers: where the official SiT reference outputs live (``tests/fixtures/official_sit``)."""
 
 from __future__ import annotations
 
@@ -6,20 +6,16 @@ from pathlib import Path
 
 import pytest
 import torch
+from fixtures_path import OFFICIAL_FIXTURES, REPO_ROOT  # noqa: F401  (re-exported to the tests)
 
 # The test models are tiny: on a shared 2-core machine one intra-op thread is ~20x faster than
 # oversubscribing (15 ms vs 312 ms per fixture forward). Subprocesses the tests launch set their own.
 torch.set_num_threads(1)
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-OFFICIAL_FIXTURES = REPO_ROOT.parent / "shared" / "fixtures" / "official_sit" / "public"
-
 
 @pytest.fixture(scope="session")
 def official_dir() -> Path:
     """Folder of the official SiT reference tensors (read its README before writing a test)."""
-    if not OFFICIAL_FIXTURES.is_dir():
-        pytest.fail(f"official SiT fixtures not found at {OFFICIAL_FIXTURES}")
     return OFFICIAL_FIXTURES
 
 

@@ -11,11 +11,12 @@ import sys
 from pathlib import Path
 
 import torch
+from fixtures_path import OFFICIAL_FIXTURES
 
 from sit_diffusers.model_card import RepoSpec
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-FIXTURE_CHECKPOINT = REPO_ROOT.parent / "shared" / "fixtures" / "official_sit" / "public" / "original_checkpoint.pt"
+FIXTURE_CHECKPOINT = OFFICIAL_FIXTURES / "original_checkpoint.pt"
 FIXTURE_NUM_HEADS = 4  # not visible in the tensor shapes (README of the fixtures)
 
 
