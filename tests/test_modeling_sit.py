@@ -13,6 +13,7 @@ from sit_diffusers.modeling_sit import (
     get_2d_sincos_pos_embed,
     timestep_embedding,
 )
+from sit_diffusers.validation import InputError
 
 TINY = dict(sample_size=8, patch_size=2, in_channels=4, hidden_size=64, depth=2, num_heads=4, num_classes=10)
 
@@ -135,8 +136,10 @@ def test_named_config_parameter_counts(name):
 
 
 def test_from_name_rejects_unknown_and_accepts_overrides():
-    with pytest.raises(KeyError, match="SiT-XL/2"):
+    with pytest.raises(InputError, match="'SiT-XXL/2'.*valid: .*SiT-XL/2.*did you mean 'SiT-XL/2'"):
         SiTTransformer2DModel.from_name("SiT-XXL/2")
+    with pytest.raises(InputError, match=r"unknown SiTTransformer2DModel argument\(s\) \['hiden_size'\]"):
+        SiTTransformer2DModel.from_name("SiT-S/2", hiden_size=8)
     with torch.device("meta"):
         m = SiTTransformer2DModel.from_name("SiT-S/8", sample_size=16, learn_sigma=False)
     assert m.config.depth == 12 and m.config.sample_size == 16 and m.out_channels == 4

@@ -29,6 +29,8 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from .validation import check_choice
+
 PathType = Literal["linear", "gvp", "vp"]
 Prediction = Literal["velocity", "score", "noise"]
 DiffusionForm = Literal["constant", "SBDM", "sigma", "linear", "decreasing", "increasing-decreasing"]
@@ -332,26 +334,19 @@ INTERPOLANTS: dict[str, type[Interpolant]] = {"linear": Linear, "gvp": GVP, "vp"
 
 def resolve_path_type(name: str) -> str:
     """Canonical path name (case-insensitive: the official ``"Linear"``, ``"GVP"``, ``"VP"`` work)."""
-    key = str(name).lower()
-    if key not in INTERPOLANTS:
-        raise ValueError(f"unknown path_type {name!r}; valid: {', '.join(INTERPOLANTS)}")
-    return key
+    return check_choice("path_type", name, INTERPOLANTS, key=str.lower)
 
 
 def resolve_prediction(name: str) -> str:
     """Canonical prediction name; unknown names raise with the valid ones."""
-    key = str(name).lower()
-    if key not in PREDICTIONS:
-        raise ValueError(f"unknown prediction {name!r}; valid: {', '.join(PREDICTIONS)}")
-    return key
+    return check_choice("prediction", name, PREDICTIONS, key=str.lower)
 
 
 def resolve_diffusion_form(name: str) -> str:
     """Canonical diffusion form; accepts ``"sbdm"`` and the official typo ``"inccreasing-decreasing"``."""
-    key = _DIFFUSION_ALIASES.get(str(name).lower(), str(name).lower())
-    if key not in DIFFUSION_FORMS:
-        raise ValueError(f"unknown diffusion_form {name!r}; valid: {', '.join(DIFFUSION_FORMS)}")
-    return key
+    return check_choice(
+        "diffusion_form", name, DIFFUSION_FORMS, key=lambda n: _DIFFUSION_ALIASES.get(n.lower(), n.lower())
+    )
 
 
 def get_interpolant(name: str, **kwargs: float) -> Interpolant:

@@ -19,13 +19,15 @@ from typing import Union
 
 import torch
 
+from .validation import InputError
+
 ClassLabel = Union[int, str]
 ClassLabels = Union[ClassLabel, Sequence[ClassLabel], torch.Tensor]
 
 IMAGENET_NUM_CLASSES = 1000
 
 
-class UnknownClassLabelError(ValueError):
+class UnknownClassLabelError(InputError):
     """A class label that is not a valid id, or a name that matches no class (or several)."""
 
 

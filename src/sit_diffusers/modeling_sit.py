@@ -12,6 +12,7 @@ this module by ``sit_diffusers.conversion``.
 
 from __future__ import annotations
 
+import inspect
 import math
 from typing import Any
 
@@ -21,6 +22,8 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_outputs import Transformer2DModelOutput
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
+
+from .validation import InputError, check_choice, check_float, check_int
 
 __all__ = [
     "SIT_CONFIGS",
@@ -252,6 +255,29 @@ class FinalLayer(nn.Module):
 #################################################################################
 
 
+def _check_config(
+    sample_size: Any, patch_size: Any, in_channels: Any, hidden_size: Any, depth: Any, num_heads: Any,
+    mlp_ratio: Any, class_dropout_prob: Any, num_classes: Any, learn_sigma: Any,
+) -> None:
+    """Refuse an architecture that cannot be built or would build a silently wrong model (``InputError``)."""
+    for name, value in (("sample_size", sample_size), ("patch_size", patch_size), ("in_channels", in_channels),
+                        ("hidden_size", hidden_size), ("depth", depth), ("num_heads", num_heads),
+                        ("num_classes", num_classes)):
+        check_int(name, value, minimum=1)
+    if sample_size % patch_size:
+        raise InputError(f"sample_size {sample_size} is not divisible by patch_size {patch_size}")
+    if hidden_size % num_heads:
+        raise InputError(f"hidden_size {hidden_size} is not divisible by num_heads {num_heads}")
+    if hidden_size % 4:
+        raise InputError(f"hidden_size must be a multiple of 4 (2-D sin-cos position table), got {hidden_size}")
+    check_float("mlp_ratio", mlp_ratio, minimum=0.0, min_inclusive=False)
+    if int(hidden_size * mlp_ratio) < 1:
+        raise InputError(f"mlp_ratio {mlp_ratio} leaves an MLP of width 0 at hidden_size {hidden_size}")
+    check_float("class_dropout_prob", class_dropout_prob, minimum=0.0, maximum=1.0, max_inclusive=False)
+    if not isinstance(learn_sigma, bool):
+        raise InputError(f"learn_sigma must be True or False, got {learn_sigma!r}")
+
+
 class SiTTransformer2DModel(ModelMixin, ConfigMixin):
     r"""SiT / DiT class-conditional transformer on latents: ``(x_t, t, y) -> prediction``.
 
@@ -291,8 +317,8 @@ class SiTTransformer2DModel(ModelMixin, ConfigMixin):
         learn_sigma: bool = True,
     ) -> None:
         super().__init__()
-        if sample_size % patch_size:
-            raise ValueError(f"sample_size {sample_size} is not divisible by patch_size {patch_size}")
+        _check_config(sample_size, patch_size, in_channels, hidden_size, depth, num_heads, mlp_ratio,
+                      class_dropout_prob, num_classes, learn_sigma)
         self.gradient_checkpointing = False
         grid = sample_size // patch_size
 
@@ -314,8 +340,11 @@ class SiTTransformer2DModel(ModelMixin, ConfigMixin):
 
         ``overrides`` are any other constructor arguments; weights are freshly initialised.
         """
-        if name not in SIT_CONFIGS:
-            raise KeyError(f"unknown SiT config {name!r}; valid names: {sorted(SIT_CONFIGS)}")
+        check_choice("SiT config", name, SIT_CONFIGS)
+        known = set(inspect.signature(cls.__init__).parameters) - {"self"}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise InputError(f"unknown SiTTransformer2DModel argument(s) {unknown}; valid: {sorted(known)}")
         return cls(**{**SIT_CONFIGS[name], **overrides})
 
     @property

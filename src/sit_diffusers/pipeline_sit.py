@@ -14,6 +14,7 @@ official SiT/DiT ``forward_with_cfg``, whose later channels keep the conditional
 
 from __future__ import annotations
 
+import numbers
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -32,8 +33,10 @@ from .hub import HUB_KWARGS, resolve_pretrained_folder
 from .labels import IMAGENET_NUM_CLASSES, ClassLabels, LabelResolver, imagenet_id2label, normalize_id2label
 from .modeling_sit import SiTTransformer2DModel
 from .scheduling_sit import SAMPLER_PRESETS, SiTSampler
+from .validation import InputError, check_choice, check_finite_tensor, check_float, check_int
 
 OutputType = Literal["pil", "np", "pt", "latent"]
+OUTPUT_TYPES: tuple[str, ...] = ("pil", "np", "pt", "latent")
 GeneratorArg = Union[torch.Generator, list[torch.Generator], None]
 ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -143,20 +146,22 @@ class SiTPipeline(DiffusionPipeline):
         to sample. A preset also sets ``default_num_inference_steps`` to its step count.
         """
         if isinstance(sampler, str):
-            if sampler not in SAMPLER_PRESETS:
-                raise ValueError(
-                    f"unknown sampler preset {sampler!r}; valid presets: {sorted(SAMPLER_PRESETS)}"
-                )
+            check_choice("sampler preset", sampler, SAMPLER_PRESETS)
             current = self.scheduler.config
             kept = {k: current[k] for k in MODEL_SAMPLER_KEYS if k in current}
             self.scheduler = SiTSampler.from_preset(sampler, **{**kept, **overrides})
             self.register_to_config(
                 default_num_inference_steps=SAMPLER_PRESETS[sampler]["num_inference_steps"]
             )
-        else:
+        elif isinstance(sampler, SiTSampler):
             if overrides:
                 sampler = type(sampler).from_config(sampler.config, **overrides)
             self.scheduler = sampler
+        else:
+            raise InputError(
+                f"sampler must be a preset name ({', '.join(SAMPLER_PRESETS)}) or a SiTSampler, "
+                f"got {type(sampler).__name__}"
+            )
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any) -> SiTPipeline:
@@ -189,20 +194,10 @@ class SiTPipeline(DiffusionPipeline):
             guidance_interval: ``(t_lo, t_hi)`` in SiT time; guidance only where ``t_lo <= t <= t_hi``.
             counter: called once per transformer evaluation (one guided batch counts once).
         """
-        if guidance_channels != "all" and not (isinstance(guidance_channels, int) and guidance_channels > 0):
-            raise ValueError(f"guidance_channels must be 'all' or a positive int, got {guidance_channels!r}")
-        t_lo, t_hi = (float(v) for v in guidance_interval)
-        if not 0.0 <= t_lo <= t_hi <= 1.0:
-            raise ValueError(f"guidance_interval must satisfy 0 <= lo <= hi <= 1, got {guidance_interval!r}")
+        guidance_scale, k, (t_lo, t_hi) = self._check_guidance(guidance_scale, guidance_channels, guidance_interval)
         transformer = self.transformer
         null = torch.full_like(class_labels, self.num_classes)  # (N,)
         guided = guidance_scale != 1.0
-        if guided and transformer.config.class_dropout_prob <= 0:
-            raise ValueError(
-                "guidance_scale != 1 needs the null class, but this transformer was built with "
-                "class_dropout_prob=0 (no null-class embedding); use guidance_scale=1.0"
-            )
-        k = None if guidance_channels == "all" else int(guidance_channels)
 
         def predict(x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
             # t stays float32: the model embeds it in float32 (a bf16 t would round 0.333 to 0.334)
@@ -230,6 +225,83 @@ class SiTPipeline(DiffusionPipeline):
 
         return model_fn
 
+    # ------------------------------------------------------------------ checks at the door
+    def _check_guidance(
+        self, guidance_scale: Any, guidance_channels: Any, guidance_interval: Any
+    ) -> tuple[float, int | None, tuple[float, float]]:
+        """``(scale, k or None for all channels, (t_lo, t_hi))`` after checking each; ``InputError`` names the
+        bad one. ``k`` must be in ``[1, C]`` (C: the transformer's predicted channels)."""
+        scale = check_float("guidance_scale", guidance_scale, minimum=0.0)
+        channels = int(self.transformer.config.in_channels)
+        k = None
+        if not (isinstance(guidance_channels, str) and guidance_channels == "all"):
+            if isinstance(guidance_channels, str) or isinstance(guidance_channels, bool) or not isinstance(
+                guidance_channels, numbers.Integral
+            ):
+                raise InputError(f"guidance_channels must be 'all' or an int in [1, {channels}], got {guidance_channels!r}")
+            k = check_int("guidance_channels", guidance_channels, minimum=1, maximum=channels)
+        if isinstance(guidance_interval, (str, bytes)) or not isinstance(guidance_interval, Sequence) \
+                or len(guidance_interval) != 2:
+            raise InputError(f"guidance_interval must be a pair (lo, hi) with 0 <= lo <= hi <= 1, got {guidance_interval!r}")
+        t_lo = check_float("guidance_interval lo", guidance_interval[0], minimum=0.0, maximum=1.0)
+        t_hi = check_float("guidance_interval hi", guidance_interval[1], minimum=0.0, maximum=1.0)
+        if t_lo > t_hi:
+            raise InputError(f"guidance_interval must satisfy 0 <= lo <= hi <= 1, got {tuple(guidance_interval)!r}")
+        if scale != 1.0 and self.transformer.config.class_dropout_prob <= 0:
+            raise InputError(
+                f"guidance_scale={scale} needs the null class, but this transformer was built with "
+                "class_dropout_prob=0 (no null-class embedding); use guidance_scale=1.0"
+            )
+        return scale, k, (t_lo, t_hi)
+
+    def check_inputs(
+        self,
+        batch_size: int,
+        generator: GeneratorArg,
+        latents: torch.Tensor | None,
+        output_type: Any,
+        return_dict: Any,
+        callback_on_step_end: Any,
+        callback_on_step_end_tensor_inputs: Any,
+    ) -> None:
+        """Everything ``__call__`` is given that the guidance and step checks do not cover, checked before
+        any work (diffusers' ``check_inputs``): ``InputError`` names the bad argument and what is allowed."""
+        check_choice("output_type", output_type, OUTPUT_TYPES)
+        if not isinstance(return_dict, bool):
+            raise InputError(f"return_dict must be True or False, got {return_dict!r}")
+        if generator is not None:
+            gens = generator if isinstance(generator, list) else [generator]
+            bad = [g for g in gens if not isinstance(g, torch.Generator)]
+            if bad:
+                raise InputError(
+                    f"generator must be a torch.Generator or a list of them, got {type(bad[0]).__name__}"
+                )
+            if isinstance(generator, list) and len(generator) != batch_size:
+                raise InputError(
+                    f"got {len(generator)} generators for {batch_size} images; pass one per image"
+                )
+        if latents is not None:
+            cfg = self.transformer.config
+            shape = (batch_size, cfg.in_channels, cfg.sample_size, cfg.sample_size)
+            if not isinstance(latents, torch.Tensor) or not latents.is_floating_point():
+                raise InputError(f"latents must be a floating-point tensor of shape {shape}, got {type(latents).__name__}"
+                                 + (f" of dtype {latents.dtype}" if isinstance(latents, torch.Tensor) else ""))
+            if tuple(latents.shape) != shape:
+                raise InputError(f"latents have shape {tuple(latents.shape)}, expected {shape}")
+            check_finite_tensor("latents", latents, "the initial noise given as `latents` must be finite")
+        if callback_on_step_end is not None and not callable(callback_on_step_end):
+            raise InputError(f"callback_on_step_end must be callable, got {type(callback_on_step_end).__name__}")
+        if isinstance(callback_on_step_end_tensor_inputs, str):
+            raise InputError(
+                f"callback_on_step_end_tensor_inputs must be a list of names, got the string "
+                f"{callback_on_step_end_tensor_inputs!r}; use [{callback_on_step_end_tensor_inputs!r}]"
+            )
+        for name in callback_on_step_end_tensor_inputs:
+            if name not in self._callback_tensor_inputs:
+                raise InputError(
+                    f"callback tensor {name!r} not available; choose from {self._callback_tensor_inputs}"
+                )
+
     # ------------------------------------------------------------------ sampling
     def prepare_latents(
         self,
@@ -243,28 +315,29 @@ class SiTPipeline(DiffusionPipeline):
         shape = (batch_size, cfg.in_channels, cfg.sample_size, cfg.sample_size)
         if latents is not None:
             if tuple(latents.shape) != shape:
-                raise ValueError(f"latents have shape {tuple(latents.shape)}, expected {shape}")
+                raise InputError(f"latents have shape {tuple(latents.shape)}, expected {shape}")
             return latents.to(device=device, dtype=torch.float32)
         if isinstance(generator, list) and len(generator) != batch_size:
-            raise ValueError(f"got {len(generator)} generators for {batch_size} images; pass one per image")
+            raise InputError(f"got {len(generator)} generators for {batch_size} images; pass one per image")
         return randn_tensor(shape, generator=generator, device=device, dtype=torch.float32)  # (N, C, S, S)
 
     def decode(self, latents: torch.Tensor, output_type: OutputType) -> Any:
         """Final sample -> images: ``latents / scaling_factor`` through the VAE (if any), [-1, 1] -> [0, 1]."""
+        check_choice("output_type", output_type, OUTPUT_TYPES)
         if output_type == "latent":
             return latents
-        if output_type not in ("pil", "np", "pt"):
-            raise ValueError(f"output_type must be one of 'pil', 'np', 'pt', 'latent'; got {output_type!r}")
         if self.vae is not None:
             cfg = self.vae.config
             z = latents / cfg.scaling_factor
             if getattr(cfg, "shift_factor", None) is not None:
                 z = z + cfg.shift_factor
             images = self.vae.decode(z.to(self.vae.dtype)).sample.float()  # (N, 3, H, W)
+            check_finite_tensor("the decoded images", images, "the VAE decoder produced them from finite latents: "
+                                "check the VAE weights and its dtype (float16 VAEs can overflow)")
         else:
             images = latents
         if output_type == "pil" and images.shape[1] not in (1, 3):
-            raise ValueError(f"cannot make PIL images from {images.shape[1]} channels; use output_type='pt'")
+            raise InputError(f"cannot make PIL images from {images.shape[1]} channels; use output_type='pt'")
         return self.image_processor.postprocess(images.clamp(-1, 1), output_type=output_type)
 
     @property
@@ -274,13 +347,11 @@ class SiTPipeline(DiffusionPipeline):
         return 1.0 if value is None else float(value)
 
     def _resolve_steps(self, num_inference_steps: int | None) -> int:
-        if num_inference_steps is not None:
-            if int(num_inference_steps) < 1:
-                raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
-            return int(num_inference_steps)
-        if self.config.default_num_inference_steps is not None:
-            return int(self.config.default_num_inference_steps)
-        return FALLBACK_NUM_INFERENCE_STEPS
+        if num_inference_steps is None:
+            num_inference_steps = self.config.default_num_inference_steps
+        if num_inference_steps is None:
+            num_inference_steps = FALLBACK_NUM_INFERENCE_STEPS
+        return self.scheduler.check_num_inference_steps(num_inference_steps)
 
     @torch.no_grad()
     def __call__(
@@ -318,17 +389,16 @@ class SiTPipeline(DiffusionPipeline):
                 state, it cannot replace it.
             callback_on_step_end_tensor_inputs: tensors passed to the callback (only ``"latents"``).
         """
-        for name in callback_on_step_end_tensor_inputs:
-            if name not in self._callback_tensor_inputs:
-                raise ValueError(
-                    f"callback tensor {name!r} not available; choose from {self._callback_tensor_inputs}"
-                )
+        # ---- checks at the door: nothing below runs with a bad argument
         ids = self.get_label_ids(class_labels)
-        device = self._execution_device
         batch = len(ids)
         steps = self._resolve_steps(num_inference_steps)
         if guidance_scale is None:
             guidance_scale = self.default_guidance_scale
+        self._check_guidance(guidance_scale, guidance_channels, guidance_interval)
+        self.check_inputs(batch, generator, latents, output_type, return_dict, callback_on_step_end,
+                          callback_on_step_end_tensor_inputs)
+        device = self._execution_device
         y = torch.tensor(ids, device=device, dtype=torch.long)  # (N,)
         x0 = self.prepare_latents(batch, generator, latents, device)  # (N, C, S, S)
 
@@ -363,6 +433,14 @@ class SiTPipeline(DiffusionPipeline):
             sample = self.scheduler.sample(model_fn, x0, steps, generator=generator, callback=callback).sample
         finally:
             bar.close()
+        check_finite_tensor(
+            "the sampled latents", sample,
+            f"likely causes: non-finite transformer weights or a float16 overflow (dtype "
+            f"{self.transformer.dtype}), guidance_scale={guidance_scale}, or sampler settings that diverge "
+            f"({self.scheduler.config.mode} {self.scheduler.config.solver}, {steps} steps"
+            + (f", diffusion {self.scheduler.config.diffusion_form}" if self.scheduler.config.mode == "sde" else "")
+            + "): try more steps or another preset",
+        )  # (N, C, S, S): one device sync
         images = self.decode(sample, output_type)
         self.maybe_free_model_hooks()
         if not return_dict:

@@ -29,6 +29,7 @@ evaluations (official: 500).
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -59,6 +60,7 @@ from .solvers import (
     integrate_adaptive,
     integrate_fixed,
 )
+from .validation import InputError, check_choice, check_float, check_int
 
 ModelFn = Callable[[Tensor, Tensor], Tensor]
 Generator = torch.Generator | list[torch.Generator] | None
@@ -170,23 +172,34 @@ class SiTSampler(SchedulerMixin, ConfigMixin):
     ) -> None:
         self._path = resolve_path_type(path_type)
         self._prediction = resolve_prediction(prediction)
-        self._mode = str(mode).lower()
-        if self._mode not in MODES:
-            raise ValueError(f"unknown mode {mode!r}; valid: {', '.join(MODES)}")
-        name = _SOLVER_ALIASES.get(str(solver).lower(), str(solver).lower())
+        self._mode = check_choice("mode", mode, MODES, key=str.lower)
         valid = list(ODE_FIXED_SOLVERS) + list(ODE_ADAPTIVE_SOLVERS) if self._mode == "ode" else list(SDE_SOLVERS)
-        if name not in valid:
-            raise ValueError(f"unknown {self._mode.upper()} solver {solver!r}; valid: {', '.join(valid)}")
-        self._solver = name
+        self._solver = check_choice(
+            f"{self._mode.upper()} solver", solver, valid, key=lambda n: _SOLVER_ALIASES.get(n.lower(), n.lower())
+        )
         self._form = resolve_diffusion_form(diffusion_form)
-        ls = None if last_step is None or str(last_step).lower() == "none" else str(last_step).lower()
-        if ls is not None and ls not in LAST_STEPS:
-            raise ValueError(f"unknown last_step {last_step!r}; valid: {', '.join(LAST_STEPS)}, None")
+        check_float("diffusion_norm", diffusion_norm, minimum=0.0)
+        ls = None if last_step is None or str(last_step).lower() == "none" else last_step
+        if ls is not None:
+            ls = check_choice("last_step", ls, LAST_STEPS, key=str.lower)
         self._last_step = ls if self._mode == "sde" else None
-        if self._last_step is not None and not last_step_size > 0:
-            raise ValueError(f"last_step {ls!r} needs last_step_size > 0, got {last_step_size}")
+        if self._last_step is not None:  # the SDE stops at 1 - h, then one last step of size h
+            check_float("last_step_size", last_step_size, minimum=0.0, maximum=1.0, min_inclusive=False,
+                        max_inclusive=False)
+        else:
+            check_float("last_step_size", last_step_size, minimum=0.0, maximum=1.0, max_inclusive=False)
+        for eps_name, eps_value in (("sample_eps", sample_eps), ("train_eps", train_eps)):
+            if eps_value is not None:
+                check_float(eps_name, eps_value, minimum=0.0, maximum=0.5, max_inclusive=False)
+        check_float("atol", atol, minimum=0.0, min_inclusive=False)
+        check_float("rtol", rtol, minimum=0.0, min_inclusive=False)
+        if not isinstance(reverse, bool):
+            raise InputError(f"reverse must be True or False, got {reverse!r}")
+        check_float("vp_sigma_min", vp_sigma_min, minimum=0.0, min_inclusive=False)
+        if check_float("vp_sigma_max", vp_sigma_max) <= vp_sigma_min:
+            raise InputError(f"vp_sigma_max must be > vp_sigma_min ({vp_sigma_min}), got {vp_sigma_max}")
         if reverse and self._mode == "sde":
-            raise ValueError("reverse=True is for the ODE (data -> noise); the SDE runs noise -> data only")
+            raise InputError("reverse=True is for the ODE (data -> noise); the SDE runs noise -> data only")
 
         self._interp: Interpolant = (
             get_interpolant("vp", sigma_min=vp_sigma_min, sigma_max=vp_sigma_max)
@@ -207,7 +220,7 @@ class SiTSampler(SchedulerMixin, ConfigMixin):
             if sample_eps is None:  # the official default 0 gives NaN here
                 eps = SBDM_DEFAULT_EPS
             else:
-                raise ValueError(
+                raise InputError(
                     f"sample_eps={sample_eps} is singular for {self._path}/{self._prediction} {self._mode} "
                     f"{self._solver} (diffusion {self._form}, last step {self._last_step}): the score divides by "
                     "zero at t = 0 or t = 1; use sample_eps > 0 (e.g. 1e-3)"
@@ -217,6 +230,11 @@ class SiTSampler(SchedulerMixin, ConfigMixin):
         self._interval = sampling_interval(
             self._path, self._prediction, eps, sde=self._mode == "sde", diffusion_form=self._form, last_step_size=lss
         )
+        if not self._interval[0] < self._interval[1]:
+            raise InputError(
+                f"sample_eps={eps} and last_step_size={lss} leave no interval to integrate: "
+                f"[t0, t1] = [{self._interval[0]}, {self._interval[1]}]"
+            )
         self.init_noise_sigma = 1.0
         self.num_inference_steps: int | None = None
         self.timesteps = torch.empty(0)
@@ -233,9 +251,27 @@ class SiTSampler(SchedulerMixin, ConfigMixin):
 
         The preset's default step count is ``SAMPLER_PRESETS[name]["num_inference_steps"]``.
         """
-        if name not in SAMPLER_PRESETS:
-            raise ValueError(f"unknown preset {name!r}; valid: {', '.join(SAMPLER_PRESETS)}")
+        check_choice("preset", name, SAMPLER_PRESETS)
+        unknown = sorted(set(overrides) - set(inspect.signature(cls.__init__).parameters) - {"self"})
+        if unknown:
+            raise InputError(f"unknown SiTSampler argument(s) {unknown}; valid: {sorted(cls.config_keys())}")
         return cls(**{**SAMPLER_PRESETS[name]["config"], **overrides})
+
+    @classmethod
+    def config_keys(cls) -> list[str]:
+        """The constructor's arguments (the keys of ``scheduler_config.json``)."""
+        return [k for k in inspect.signature(cls.__init__).parameters if k != "self"]
+
+    def check_num_inference_steps(self, num_inference_steps: Any) -> int:
+        """``num_inference_steps`` as an ``int`` this sampler can run (>= 1; >= 2 for an SDE with a last
+        step, whose last entry is the last step); raises ``InputError`` naming the value otherwise."""
+        n = check_int("num_inference_steps", num_inference_steps, minimum=1)
+        if n < 2 and self._mode == "sde" and self._last_step is not None:
+            raise InputError(
+                f"num_inference_steps must be >= 2 for an SDE with a last step (the last entry is the "
+                f"{self._last_step!r} step), got {n}"
+            )
+        return n
 
     @property
     def interpolant(self) -> Interpolant:
@@ -268,7 +304,7 @@ class SiTSampler(SchedulerMixin, ConfigMixin):
 
     def num_model_evaluations(self, num_inference_steps: int) -> int | None:
         """Network calls of :meth:`sample` (``None`` for adaptive solvers, which choose their steps)."""
-        n = int(num_inference_steps)
+        n = self.check_num_inference_steps(num_inference_steps)
         if self.is_adaptive:
             return None
         if self._mode == "ode":
@@ -284,12 +320,9 @@ class SiTSampler(SchedulerMixin, ConfigMixin):
     def _time_grid(self, n: int, device: torch.device | str | None, dtype: torch.dtype) -> Tensor:
         """Solver grid: ODE ``linspace(t0, t1, n + 1)`` (reversed for ``reverse``); SDE
         ``linspace(t0, t1, n)`` with a last step (it makes step ``n``), else ``linspace(t0, t1, n + 1)``."""
-        if n < 1:
-            raise ValueError(f"num_inference_steps must be >= 1, got {n}")
+        n = self.check_num_inference_steps(n)
         t0, t1 = self._interval
         if self._mode == "sde" and self._last_step is not None:
-            if n < 2:
-                raise ValueError("an SDE with a last step needs num_inference_steps >= 2")
             points = n
         else:
             points = n + 1
@@ -304,7 +337,7 @@ class SiTSampler(SchedulerMixin, ConfigMixin):
             raise NotImplementedError(
                 f"step() supports ODE euler/heun and SDE euler; use sample() for {self._mode} {self._solver}"
             )
-        self.num_inference_steps = int(num_inference_steps)
+        self.num_inference_steps = self.check_num_inference_steps(num_inference_steps)
         grid = self._time_grid(self.num_inference_steps, device, torch.float32)
         self._grid = grid
         if self._mode == "ode" and self._solver == "heun":
@@ -450,7 +483,7 @@ class SiTSampler(SchedulerMixin, ConfigMixin):
             nfe += 1
             return model_fn(xx, t).to(xx.dtype)
 
-        grid = self._time_grid(int(num_inference_steps), x.device, x.dtype)
+        grid = self._time_grid(num_inference_steps, x.device, x.dtype)
         if self._mode == "ode":
             def drift(xx: Tensor, t: Tensor) -> Tensor:
                 return self.ode_drift(model(xx, t), xx, t)
