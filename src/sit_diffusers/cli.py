@@ -7,31 +7,62 @@ Examples::
 
 Image ``i`` uses its own generator seeded ``seed + i``, so it does not depend on ``--batch-size`` or on
 how many images are requested. ``--out`` ending in ``.png`` writes one grid; anything else is a folder of
-``{i:04d}_class{id}.png`` files.
+``{i:04d}_class{id}.png`` files. Every flag is checked before the model is sampled; existing images are
+never overwritten without ``--overwrite``; a user error exits with status 2 and one line (``--debug``: with
+the traceback), non-finite samples with status 1, and in both cases nothing is written.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import PIL.Image
 import torch
 
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+from .validation import (
+    MAX_SEED,
+    InputError,
+    check_device,
+    check_writable_dir,
+    run_cli,
+)
 
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 #: Without --class, a model with at most this many classes draws one image of each (e.g. the ten digits).
 SMALL_LABEL_SET = 16
 
+#: Work refused without --allow-large-runs: more images, or more sampler steps, than this (a typo such as
+#: ``--num-images 100000`` would otherwise run for days). The paper samples with 250 steps.
+MAX_IMAGES = 1000
+MAX_STEPS = 1000
 
-def _preset_names() -> list[str]:
+PROG = "sit-generate"
+
+
+def _presets() -> dict[str, dict[str, Any]]:
     from .scheduling_sit import SAMPLER_PRESETS
 
-    return sorted(SAMPLER_PRESETS)
+    return SAMPLER_PRESETS
+
+
+def _preset_summary() -> str:
+    """``name (N steps, what)`` for every preset, for ``--help``."""
+    parts = []
+    for name, spec in _presets().items():
+        cfg = spec["config"]
+        steps = spec["num_inference_steps"]
+        kind = f"{cfg['mode']} {cfg['solver']}"
+        count = f"{steps} output points, adaptive steps" if cfg["solver"] in ("dopri5", "dopri8") else f"{steps} steps"
+        parts.append(f"{name} ({kind}, {count})")
+    return "; ".join(parts)
 
 
 def _default_model() -> str | None:
@@ -41,31 +72,71 @@ def _default_model() -> str | None:
     return None if model is None else str(model)
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+def _int_type(minimum: int, maximum: int | None = None):
+    """argparse type: an integer (``2.7`` is refused, not truncated) in ``[minimum, maximum]``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text, 10)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+        if value < minimum or (maximum is not None and value > maximum):
+            bound = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
+            raise argparse.ArgumentTypeError(f"must be {bound}, got {value}")
+        return value
+
+    parse.__name__ = "integer"
+    return parse
+
+
+def _finite_float(text: str) -> float:
+    """argparse type: a finite float (``nan`` and ``inf`` are refused)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be finite, got {text!r}")
     return value
+
+
+_finite_float.__name__ = "number"
 
 
 def _guidance_channels(text: str) -> int | str:
     if text == "all":
         return text
-    value = int(text)
+    try:
+        value = int(text, 10)
+    except ValueError:
+        value = 0
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be 'all' or a positive int, got {text!r}")
     return value
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Adds ``(default: X)`` only where the help text does not already say what the default is."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text or action.default in (None, argparse.SUPPRESS) or action.nargs == 0:
+            return text
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``sit-generate`` argument parser (unknown flags are errors: ``parse_args``, not ``parse_known_args``)."""
     parser = argparse.ArgumentParser(
-        prog="sit-generate",
+        prog=PROG,
         description="Generate class-conditional images with a SiT pipeline (Ma et al. 2024).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
+        epilog=f"sampler presets: {_preset_summary()}.",
+        allow_abbrev=False,
     )
     parser.add_argument(
-        "--model", default=_default_model(), help="Hub repo id or local folder of a saved SiTPipeline"
+        "--model", default=_default_model(),
+        help="Hub repo id or local folder of a saved SiTPipeline (default: the embedded digit model)",
     )
     parser.add_argument(
         "--class",
@@ -74,12 +145,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="LABEL",
         help=(
-            "class id or name (repeatable); images cycle through them; none: every class of a model with "
-            f"at most {SMALL_LABEL_SET} classes, else random classes from --seed"
+            "class id or name (repeatable); images cycle through them (default: every class of a model with "
+            f"at most {SMALL_LABEL_SET} classes, else random classes from --seed)"
         ),
     )
     parser.add_argument(
-        "--num-images", type=_positive_int, default=None, help="default: one per --class, else 4"
+        "--num-images", type=_int_type(1), default=None,
+        help=f"images to draw (default: one per --class, else 4; at most {MAX_IMAGES} without --allow-large-runs)",
     )
     parser.add_argument(
         "--mode",
@@ -93,32 +165,54 @@ def build_parser() -> argparse.ArgumentParser:
         help="solver of the mode (ode: dopri5, euler, heun; sde: euler, heun); "
         "default: dopri5 for ode, euler for sde",
     )
-    parser.add_argument("--preset", default=None, help="a named sampler preset, instead of --mode/--solver")
-    parser.add_argument("--steps", type=_positive_int, default=None, help="sampler steps (default: preset's)")
+    parser.add_argument(
+        "--preset", default=None,
+        help=f"a named sampler preset instead of --mode/--solver, one of {', '.join(_presets())} "
+        "(default: the model's saved sampler; steps of each below)",
+    )
+    parser.add_argument(
+        "--steps", type=_int_type(1), default=None,
+        help=f"sampler steps (default: the preset's, else the saved pipeline's; at most {MAX_STEPS} without "
+        "--allow-large-runs)",
+    )
     parser.add_argument(
         "--cfg",
-        type=float,
+        type=_finite_float,
         default=None,
         help=(
-            "guidance scale (default: the pipeline's saved default_guidance_scale, else 4.0 as the "
+            "guidance scale >= 0 (default: the pipeline's saved default_guidance_scale, else 4.0 as the "
             "official sample.py, or 1.0 if the model has no null class)"
         ),
     )
     parser.add_argument(
-        "--guidance-channels", type=_guidance_channels, default="all", help="'all' or 3 (official)"
+        "--guidance-channels", type=_guidance_channels, default="all",
+        help="'all', or k to guide only the first k channels (3: the official forward_with_cfg)",
     )
     parser.add_argument(
         "--guidance-interval",
-        type=float,
+        type=_finite_float,
         nargs=2,
         default=(0.0, 1.0),
         metavar=("LO", "HI"),
         help="guide only for LO <= t <= HI (SiT time: 0 noise, 1 data)",
     )
-    parser.add_argument("--seed", type=int, default=0, help="image i uses seed + i")
-    parser.add_argument("--batch-size", type=_positive_int, default=8)
-    parser.add_argument("--out", type=Path, default=Path("samples.png"), help="a .png grid or a folder")
-    parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    parser.add_argument(
+        "--seed", type=_int_type(0, MAX_SEED), default=0,
+        help="image i uses its own generator seeded seed + i",
+    )
+    parser.add_argument("--batch-size", type=_int_type(1), default=8, help="images per pipeline call")
+    parser.add_argument(
+        "--out", type=Path, default=Path("samples.png"),
+        help="a .png file (one grid) or a folder (one 0000_class<id>.png per image)",
+    )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace existing images at --out (default: refuse)"
+    )
+    parser.add_argument(
+        "--allow-large-runs", action="store_true",
+        help=f"lift the limits of {MAX_IMAGES} images and {MAX_STEPS} steps",
+    )
+    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     parser.add_argument(
         "--dtype",
         choices=sorted(DTYPES),
@@ -126,18 +220,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="transformer dtype (sampler and VAE stay float32)",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     return parser
 
 
 def preset_for(args: argparse.Namespace, parser: argparse.ArgumentParser) -> str | None:
     """``--preset``, or ``f"{mode}-{solver}"`` checked against the sampler presets; ``None`` when no
     sampler flag is given (the pipeline's saved sampler and step count are used)."""
-    names = _preset_names()
+    import difflib
+
+    names = list(_presets())
     if args.preset is not None:
         if args.solver is not None or args.mode is not None:
             parser.error("--preset excludes --mode and --solver")
         if args.preset not in names:
-            parser.error(f"unknown --preset {args.preset!r}; choose from {', '.join(names)}")
+            close = difflib.get_close_matches(args.preset, names, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            parser.error(f"unknown --preset {args.preset!r}; choose from {', '.join(names)}{hint}")
         return args.preset
     if args.mode is None and args.solver is None:
         return None
@@ -148,6 +247,46 @@ def preset_for(args: argparse.Namespace, parser: argparse.ArgumentParser) -> str
         valid = sorted(n.split("-", 1)[1] for n in names if n.startswith(mode + "-"))
         parser.error(f"unknown --solver {solver!r} for --mode {mode}; choose from {', '.join(valid)}")
     return name
+
+
+def check_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> str | None:
+    """Every check that needs no model, before anything is loaded; returns the preset (or ``None``)."""
+    if args.model is None:
+        parser.error("--model is required (a Hub repo id or a folder saved with SiTPipeline.save_pretrained)")
+    lo, hi = args.guidance_interval
+    if not 0.0 <= lo <= hi <= 1.0:
+        parser.error(f"--guidance-interval {lo} {hi}: needs 0 <= LO <= HI <= 1")
+    if args.cfg is not None and args.cfg < 0:
+        parser.error(f"--cfg must be >= 0, got {args.cfg}")
+    preset = preset_for(args, parser)
+    if not args.allow_large_runs:
+        if args.num_images is not None and args.num_images > MAX_IMAGES:
+            parser.error(f"--num-images {args.num_images} is over the limit of {MAX_IMAGES}; "
+                         "pass --allow-large-runs to draw that many")
+        if args.steps is not None and args.steps > MAX_STEPS:
+            parser.error(f"--steps {args.steps} is over the limit of {MAX_STEPS}; pass --allow-large-runs")
+    if args.out.suffix and args.out.suffix.lower() != ".png":
+        parser.error(f"--out {args.out}: give a .png file (grid) or a folder name without suffix")
+    if args.out.suffix:
+        if args.out.is_dir():
+            parser.error(f"--out {args.out} is a folder; give a .png file name or a folder name without suffix")
+        if args.out.exists() and not args.overwrite:
+            parser.error(f"--out {args.out} exists; pass --overwrite to replace it")
+        folder = args.out.parent
+    else:
+        if args.out.exists() and not args.out.is_dir():
+            parser.error(f"--out {args.out} exists and is not a folder")
+        folder = args.out
+    try:
+        check_writable_dir("--out", folder)
+    except InputError as err:
+        parser.error(str(err))
+    if args.device is not None:
+        try:
+            check_device("--device", args.device)
+        except InputError as err:
+            parser.error(str(err))
+    return preset
 
 
 def make_grid(images: Sequence[PIL.Image.Image], pad: int = 2) -> PIL.Image.Image:
@@ -163,24 +302,26 @@ def make_grid(images: Sequence[PIL.Image.Image], pad: int = 2) -> PIL.Image.Imag
     return grid
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``sit-generate``; returns the exit status (argument errors exit with status 2)."""
+def _save_atomic(image: PIL.Image.Image, path: Path) -> None:
+    """Write ``path`` through a temporary file in the same folder: a failed write leaves no partial PNG."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        image.save(tmp, format="PNG")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _generate(argv: Sequence[str]) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.model is None:
-        parser.error("--model is required (a Hub repo id or a folder saved with SiTPipeline.save_pretrained)")
-    if not 0.0 <= args.guidance_interval[0] <= args.guidance_interval[1] <= 1.0:
-        parser.error("--guidance-interval needs 0 <= LO <= HI <= 1")
-    if args.cfg is not None and args.cfg < 0:
-        parser.error("--cfg must be >= 0")
-    preset = preset_for(args, parser)
-    if args.out.suffix and args.out.suffix.lower() != ".png":
-        parser.error(f"--out {args.out}: give a .png file (grid) or a folder name without suffix")
+    preset = check_args(args, parser)
 
     from diffusers.utils import logging as diffusers_logging
 
     from .hub import PipelineNotFoundError
-    from .labels import UnknownClassLabelError
     from .pipeline_sit import SiTPipeline
 
     if args.quiet:
@@ -189,7 +330,58 @@ def main(argv: Sequence[str] | None = None) -> int:
         pipe = SiTPipeline.from_pretrained(args.model)
     except PipelineNotFoundError as err:
         parser.error(f"--model: {err}")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+        if args.debug:
+            raise
+        raise InputError(
+            f"--model {args.model}: could not load a SiTPipeline from it ({type(err).__name__}: {err})"
+        ) from err
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if preset is not None:
+        pipe.set_sampler(preset)
+
+    # ---- checks that need the model, still before any sampling or writing
+    channels = int(pipe.transformer.config.in_channels)
+    if args.guidance_channels != "all" and args.guidance_channels > channels:
+        raise InputError(f"--guidance-channels {args.guidance_channels}: this model has {channels} channels")
+    if args.steps is not None:
+        try:
+            pipe.scheduler.check_num_inference_steps(args.steps)
+        except InputError as err:
+            raise InputError(f"--steps: {err}") from None
+    if args.classes:
+        ids = pipe.get_label_ids(args.classes)  # UnknownClassLabelError names the nearest classes
+    elif args.num_images is None and pipe.num_classes <= SMALL_LABEL_SET:
+        ids = list(range(pipe.num_classes))  # a small label set (the digits): one image of each class
+    else:
+        gen = torch.Generator().manual_seed(args.seed)
+        ids = torch.randint(0, pipe.num_classes, (args.num_images or 4,), generator=gen).tolist()
+    n = args.num_images or len(ids)
+    if not args.allow_large_runs and n > MAX_IMAGES:
+        raise InputError(f"{n} images (one per --class) is over the limit of {MAX_IMAGES}; "
+                         "pass --allow-large-runs")
+    if args.seed + n - 1 > MAX_SEED:
+        raise InputError(f"--seed {args.seed}: image {n - 1} would use seed {args.seed + n - 1} > {MAX_SEED}")
+    labels = [ids[i % len(ids)] for i in range(n)]
+    has_null = pipe.transformer.config.class_dropout_prob > 0
+    saved_cfg = getattr(pipe.config, "default_guidance_scale", None)
+    if args.cfg is not None:
+        cfg = args.cfg
+        if cfg != 1.0 and not has_null:
+            raise InputError(f"--cfg {cfg}: this model has no null class (class_dropout_prob=0); use --cfg 1")
+    elif saved_cfg is not None:
+        cfg = float(saved_cfg)  # the scale the model's card recommends, saved with the pipeline
+    else:
+        cfg = 4.0 if has_null else 1.0  # the official sample.py default
+    if args.out.suffix:
+        targets = [args.out]
+    else:
+        targets = [args.out / f"{i:04d}_class{label}.png" for i, label in enumerate(labels)]
+        existing = [p for p in targets if p.exists()]
+        if existing and not args.overwrite:
+            raise InputError(f"--out {args.out}: {len(existing)} of the images exist already "
+                             f"(e.g. {existing[0].name}); pass --overwrite to replace them")
+
     pipe.to(device)
     dtype = DTYPES[args.dtype]
     if pipe.transformer.dtype != dtype:  # the sampler state and the VAE stay float32
@@ -200,30 +392,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             pipe.transformer.to(dtype)
         finally:
             diffusers_logging.set_verbosity(level)
-    if preset is not None:
-        pipe.set_sampler(preset)
     pipe.set_progress_bar_config(disable=args.quiet, desc="sampling", leave=False)
-
-    if args.classes:
-        try:
-            ids = pipe.get_label_ids(args.classes)
-        except UnknownClassLabelError as err:
-            parser.error(f"--class: {err}")
-    elif args.num_images is None and pipe.num_classes <= SMALL_LABEL_SET:
-        ids = list(range(pipe.num_classes))  # a small label set (the digits): one image of each class
-    else:
-        gen = torch.Generator().manual_seed(args.seed)
-        ids = torch.randint(0, pipe.num_classes, (args.num_images or 4,), generator=gen).tolist()
-    n = args.num_images or len(ids)
-    labels = [ids[i % len(ids)] for i in range(n)]
-    has_null = pipe.transformer.config.class_dropout_prob > 0
-    saved_cfg = getattr(pipe.config, "default_guidance_scale", None)
-    if args.cfg is not None:
-        cfg = args.cfg
-    elif saved_cfg is not None:
-        cfg = float(saved_cfg)  # the scale the model's card recommends, saved with the pipeline
-    else:
-        cfg = 4.0 if has_null else 1.0  # the official sample.py default
 
     images: list[PIL.Image.Image] = []
     for start in range(0, n, args.batch_size):
@@ -236,18 +405,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             generator=gens,
             guidance_channels=args.guidance_channels,
             guidance_interval=tuple(args.guidance_interval),
-        )
+        )  # NonFiniteError on NaN/inf samples: nothing is written
         images.extend(out.images)
         if not args.quiet:
             print(f"{start + len(batch)}/{n} images, {out.nfe} model evaluations per batch", file=sys.stderr)
 
     if args.out.suffix:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        make_grid(images).save(args.out)
+        _save_atomic(make_grid(images), args.out)
     else:
         args.out.mkdir(parents=True, exist_ok=True)
-        for i, (image, label) in enumerate(zip(images, labels, strict=True)):
-            image.save(args.out / f"{i:04d}_class{label}.png")
+        for image, path in zip(images, targets, strict=True):
+            _save_atomic(image, path)
     names = pipe.id2label
     summary = ", ".join(
         f"{i} ({names[i].split(',')[0]})" if i in names else str(i) for i in sorted(set(labels))
@@ -255,6 +424,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     sampler = preset or f"saved sampler {pipe.scheduler.config.mode}-{pipe.scheduler.config.solver}"
     print(f"wrote {n} images ({sampler}, cfg {cfg}) to {args.out}; classes: {summary}")
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``sit-generate``; returns the exit status: 0, 2 for a user error (one line on stderr),
+    1 for non-finite samples (nothing written), 130 when interrupted."""
+    from .hub import PipelineNotFoundError
+
+    return run_cli(PROG, _generate, argv, user_errors=(PipelineNotFoundError,))
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ import PIL.Image
 import torch
 from diffusers import AutoencoderKL, DiffusionPipeline
 from diffusers.image_processor import VaeImageProcessor
-from diffusers.utils import BaseOutput
+from diffusers.utils import BaseOutput, is_accelerate_available
 from diffusers.utils.torch_utils import randn_tensor
 from tqdm.auto import tqdm
 
@@ -174,6 +174,8 @@ class SiTPipeline(DiffusionPipeline):
         """
         hub_kwargs = {k: kwargs.pop(k) for k in HUB_KWARGS if k in kwargs}
         folder = resolve_pretrained_folder(pretrained_model_name_or_path, **hub_kwargs)
+        if not is_accelerate_available():  # the core install has no accelerate: load plainly, without
+            kwargs.setdefault("low_cpu_mem_usage", False)  # diffusers' "install accelerate" warning each time
         return super().from_pretrained(str(folder), **kwargs)
 
     # ------------------------------------------------------------------ guidance
@@ -288,7 +290,7 @@ class SiTPipeline(DiffusionPipeline):
                                  + (f" of dtype {latents.dtype}" if isinstance(latents, torch.Tensor) else ""))
             if tuple(latents.shape) != shape:
                 raise InputError(f"latents have shape {tuple(latents.shape)}, expected {shape}")
-            check_finite_tensor("latents", latents, "the initial noise given as `latents` must be finite")
+            check_finite_tensor("latents", latents, "the initial noise given as `latents` must be finite", InputError)
         if callback_on_step_end is not None and not callable(callback_on_step_end):
             raise InputError(f"callback_on_step_end must be callable, got {type(callback_on_step_end).__name__}")
         if isinstance(callback_on_step_end_tensor_inputs, str):

@@ -135,8 +135,11 @@ def check_device(name: str, value: Any) -> torch.device:
     return device
 
 
-def check_finite_tensor(name: str, tensor: torch.Tensor, cause: str = "") -> torch.Tensor:
-    """Raise :class:`NonFiniteError` when ``tensor`` holds NaN or inf (one device sync); return it.
+def check_finite_tensor(
+    name: str, tensor: torch.Tensor, cause: str = "", error: type[Exception] = NonFiniteError
+) -> torch.Tensor:
+    """Raise ``error`` (:class:`NonFiniteError`; :class:`InputError` for a tensor the user gave) when
+    ``tensor`` holds NaN or inf (one device sync); return it.
 
     ``cause`` is appended to the message: what most likely produced the bad values."""
     if tensor.is_floating_point() or tensor.is_complex():
@@ -145,7 +148,7 @@ def check_finite_tensor(name: str, tensor: torch.Tensor, cause: str = "") -> tor
             count = int(bad.sum())
             rows = bad.reshape(bad.shape[0], -1).any(dim=1).nonzero().flatten().tolist() if tensor.ndim > 1 else []
             where = f" (in sample(s) {rows[:8]}{'...' if len(rows) > 8 else ''})" if rows else ""
-            raise NonFiniteError(
+            raise error(
                 f"{name} holds {count} non-finite value(s) (NaN/inf) of {tensor.numel()}{where}"
                 + (f"; {cause}" if cause else "")
             )
