@@ -12,39 +12,212 @@ Examples::
 Without ``--transformer-only`` the output is a ``SiTPipeline`` folder (transformer, scheduler, VAE,
 ``model_index.json``). The written transformer is reloaded and compared bit for bit with the converted
 weights before the script reports success.
+
+Order of work: every flag and path is checked (an explicit ``--vae`` is found too), the checkpoint is read
+and every key, shape and value checked, the VAE is loaded (offline and not cached is an error naming
+``--vae none`` / ``--transformer-only``), and only then is the model built and written: into a temporary
+folder beside ``--output``, renamed into place once the reload check passed. A failed run leaves
+``--output`` as it was and no temporary folder.
+User errors (a bad flag, file or checkpoint) print one line ``convert_sit_to_diffusers.py: error: ...`` and
+exit with status 2; ``--debug`` shows the traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import secrets
+import shutil
+import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import NoReturn
 
 import torch
 
-from sit_diffusers.conversion import load_official_checkpoint
-from sit_diffusers.modeling_sit import SiTTransformer2DModel
+from sit_diffusers.conversion import (
+    ConversionError,
+    convert_official_state_dict,
+    infer_official_config,
+    load_official_state_dict,
+)
+from sit_diffusers.modeling_sit import SIT_CONFIGS, SiTTransformer2DModel
+from sit_diffusers.scheduling_sit import SAMPLER_PRESETS
+from sit_diffusers.validation import InputError, check_choice, run_cli
 
+PROG = "convert_sit_to_diffusers.py"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DEFAULT_VAE = "stabilityai/sd-vae-ft-ema"
+NO_VAE_HINT = (
+    "pass --vae none for a pipeline without a VAE, --vae FOLDER for a local one, or --transformer-only"
+)
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+class _Parser(argparse.ArgumentParser):
+    """argparse whose errors (unknown flag, missing value, bad type) are one-line ``InputError``s."""
+
+    def error(self, message: str) -> NoReturn:
+        raise InputError(message)
+
+
+def _heads(text: str) -> int:
+    """``--num-heads``: a whole number >= 1 (that it divides the width is checked with the checkpoint)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog=PROG, description=__doc__.split("\n\n")[0], allow_abbrev=False)
     parser.add_argument("--checkpoint", required=True,
                         help="official .pt/.safetensors file, or 'owner/repo:filename' on the Hub")
-    parser.add_argument("--output", required=True, type=Path, help="output folder (save_pretrained layout)")
+    parser.add_argument("--output", required=True, type=Path,
+                        help="output folder (save_pretrained layout), new or empty unless --overwrite")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace a non-empty --output folder (once the new one is complete)")
     parser.add_argument("--transformer-only", action="store_true",
                         help="write only the SiTTransformer2DModel, not a full SiTPipeline")
     parser.add_argument("--raw-weights", action="store_true",
                         help="train.py checkpoints: take 'model' instead of the EMA weights")
-    parser.add_argument("--num-heads", type=int, default=None,
-                        help="attention heads (default: from the named config of that width and depth)")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="dtype of the saved weights")
+    parser.add_argument("--num-heads", type=_heads, default=None,
+                        help="attention heads, a divisor of the width (default: from the named config of "
+                             "that width, depth and patch)")
+    parser.add_argument("--dtype", default="float32",
+                        help=f"dtype of the saved weights: {', '.join(DTYPES)} (default float32)")
     parser.add_argument("--vae", default=None,
                         help=f"pipeline only: VAE repo id or folder (default {DEFAULT_VAE} for 4-channel "
                              "latent models, none otherwise); 'none' for no VAE")
-    parser.add_argument("--sampler", default=None, help="pipeline only: SAMPLER_PRESETS name to save with it")
-    return parser.parse_args(argv)
+    parser.add_argument("--sampler", default=None,
+                        help="pipeline only: the sampler preset to save with it "
+                             f"({', '.join(sorted(SAMPLER_PRESETS))})")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
+    return parser
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
+
+
+# ----------------------------------------------------------------------------- checks at the door
+
+
+def _local_file(ref: str | None) -> Path | None:
+    """``ref`` resolved, if it names an existing local path."""
+    if not ref:
+        return None
+    path = Path(ref).expanduser()
+    return path.resolve() if path.exists() else None
+
+
+def _check_output(value: Path, overwrite: bool, keep: Sequence[Path | None]) -> Path:
+    """``--output`` as an absolute path that can be written: new, an empty folder, or (``--overwrite``) a
+    folder holding none of ``keep`` (the inputs) nor the current folder. Nothing is created."""
+    text = str(value)
+    if text in ("", "."):
+        raise InputError(f"--output {text!r} is the current folder; give a new folder to write")
+    out = value.expanduser().absolute()
+    if out.exists() or out.is_symlink():
+        if not out.is_dir():
+            raise InputError(f"--output {text!r} is an existing file, not a folder; give a new folder")
+        entries = len(os.listdir(out))
+        if entries and not overwrite:
+            raise InputError(
+                f"--output {text!r} is a folder that is not empty ({entries} "
+                f"{'entry' if entries == 1 else 'entries'}); pass --overwrite to replace it, or give a new "
+                "folder"
+            )
+        real = out.resolve()
+        for inside in (Path.cwd().resolve(), *(k for k in keep if k is not None)):
+            if inside == real or real in inside.parents:
+                raise InputError(
+                    f"--output {text!r} holds {str(inside)!r} (an input or the current folder); refusing to "
+                    "replace it: give another folder"
+                )
+    probe = out.parent
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise InputError(f"--output {text!r}: {str(probe)!r} is a file, so no folder can be made under it")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise InputError(f"--output {text!r}: {str(probe)!r} is not writable (permission denied)")
+    return out
+
+
+def _locate_vae(ref: str | None, in_channels: int | None) -> tuple[str, str] | None:
+    """``(source, its name in messages)`` of the pipeline's VAE, or ``None`` for no VAE; nothing is loaded.
+
+    ``ref`` is ``--vae``; ``None`` means the default, which needs the checkpoint's ``in_channels``.
+    A missing folder, a folder without ``config.json``, or a repo that is offline and not cached is refused.
+    """
+    if ref is None:
+        if in_channels != 4:
+            return None
+        ref, what = DEFAULT_VAE, f"--vae {DEFAULT_VAE!r} (the default for 4-channel latents)"
+    else:
+        what = f"--vae {ref!r}"
+    if ref.lower() == "none":
+        return None
+    local = Path(ref).expanduser()
+    if local.exists():
+        if not local.is_dir():
+            raise InputError(f"{what} is a file, not an AutoencoderKL folder or a Hub repo id; {NO_VAE_HINT}")
+        if not (local / "config.json").is_file():
+            raise InputError(f"{what} has no config.json, so it is not a saved AutoencoderKL; {NO_VAE_HINT}")
+        return str(local), what
+    from huggingface_hub import constants, try_to_load_from_cache
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    looks_like_path = ref.startswith((".", "/", "~")) or ref.count("/") != 1
+    try:
+        validate_repo_id(ref)
+    except HFValidationError:
+        looks_like_path = True
+    if looks_like_path:
+        raise InputError(f"{what} is neither an existing folder nor a Hub repo id 'org/name'; {NO_VAE_HINT}")
+    if constants.HF_HUB_OFFLINE and not isinstance(try_to_load_from_cache(ref, "config.json"), str):
+        raise InputError(
+            f"{what} is not in the local Hub cache and offline mode is on (HF_HUB_OFFLINE=1), so it cannot "
+            f"be downloaded; {NO_VAE_HINT}"
+        )
+    return ref, what
+
+
+def _load_vae(located: tuple[str, str] | None, in_channels: int):
+    """``AutoencoderKL.from_pretrained`` of what :func:`_locate_vae` found, with ``in_channels`` latents."""
+    if located is None:
+        return None
+    source, what = located
+    from diffusers import AutoencoderKL
+    from diffusers.utils import logging as diffusers_logging
+
+    verbosity = diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity(diffusers_logging.CRITICAL)  # its retries log errors: ours is one line
+    try:
+        vae = AutoencoderKL.from_pretrained(source)
+    except (OSError, ValueError) as err:  # diffusers: missing files, no connection, a config it cannot use
+        first = next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
+        raise InputError(f"{what} cannot be loaded ({first}); {NO_VAE_HINT}") from err
+    finally:
+        diffusers_logging.set_verbosity(verbosity)
+    if vae.config.latent_channels != in_channels:
+        raise InputError(
+            f"{what} has {vae.config.latent_channels} latent channels, the checkpoint's transformer takes "
+            f"{in_channels}; {NO_VAE_HINT}"
+        )
+    return vae
+
+
+def _checkpoint_error(spec: str, err: ConversionError) -> ConversionError:
+    """A conversion error about the checkpoint's content, naming the flag and the file."""
+    return ConversionError(f"--checkpoint {spec!r}: {err}")
+
+
+# ----------------------------------------------------------------------------- work
 
 
 def _verify_saved(model: SiTTransformer2DModel, folder: Path) -> None:
@@ -61,50 +234,119 @@ def _verify_saved(model: SiTTransformer2DModel, folder: Path) -> None:
         raise RuntimeError(f"{folder}: reloaded config differs: {public[0]} != {public[1]}")
 
 
-def _build_pipeline(model: SiTTransformer2DModel, vae_ref: str | None, sampler: str | None):
-    """A ``SiTPipeline`` around ``model``; fails clearly while the pipeline modules are missing."""
-    try:
-        from sit_diffusers.pipeline_sit import SiTPipeline
-        from sit_diffusers.scheduling_sit import SiTSampler
-    except ImportError as err:
-        raise SystemExit(
-            f"full-pipeline output is not available yet ({err}); use --transformer-only"
-        ) from err
-    if vae_ref is None and model.config.in_channels == 4:
-        vae_ref = DEFAULT_VAE
-    vae = None
-    if vae_ref is not None and vae_ref.lower() != "none":
-        from diffusers import AutoencoderKL
+def _build_pipeline(model: SiTTransformer2DModel, vae, sampler: str | None):
+    """A ``SiTPipeline`` around ``model`` (``vae`` already loaded, ``sampler`` already checked)."""
+    from sit_diffusers.pipeline_sit import SiTPipeline
+    from sit_diffusers.scheduling_sit import SiTSampler
 
-        vae = AutoencoderKL.from_pretrained(vae_ref)
     pipe = SiTPipeline(transformer=model, scheduler=SiTSampler(), vae=vae)
     if sampler is not None:
         pipe.set_sampler(sampler)
     return pipe
 
 
-def main(argv: list[str] | None = None) -> Path:
-    """Run the conversion; returns the folder holding the transformer."""
-    args = parse_args(argv)
-    model = load_official_checkpoint(args.checkpoint, use_ema=not args.raw_weights, num_heads=args.num_heads)
-    if args.dtype != "float32":
-        model = model.to(DTYPES[args.dtype])
-    n_params = sum(p.numel() for p in model.parameters()) + model.pos_embed.numel()
-    print(f"converted {args.checkpoint}: {n_params:,} parameters (pos_embed included), config "
-          f"{dict(model.config)}")
+def _write_atomically(output: Path, write: Callable[[Path], None]) -> None:
+    """Run ``write(tmp)`` on a new folder beside ``output``, then put that folder in place of ``output``.
 
-    args.output.mkdir(parents=True, exist_ok=True)
+    On any failure (or Ctrl-C) the temporary folder and any parent folder made for it are removed, and an
+    existing ``output`` is left as it was.
+    """
+    made = [p for p in (output.parent, *output.parent.parents) if not p.exists()]  # deepest first
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tag = f"{os.getpid()}-{secrets.token_hex(4)}"
+    tmp = output.parent / f".{output.name}.partial-{tag}"
+    old = None
+    try:
+        tmp.mkdir()
+        write(tmp)
+        if output.exists() or output.is_symlink():  # an empty folder, or --overwrite
+            old = output.parent / f".{output.name}.old-{tag}"
+            output.rename(old)
+            try:
+                tmp.rename(output)
+            except BaseException:
+                old.rename(output)
+                raise
+        else:
+            tmp.rename(output)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        for folder in made:
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+        raise
+    if old is not None:  # the new output is in place: drop the replaced one
+        if old.is_symlink():
+            old.unlink()
+        else:
+            shutil.rmtree(old)
+
+
+def convert(args: argparse.Namespace) -> Path:
+    """Check every input, convert, write atomically; returns the folder holding the transformer."""
+    dtype = DTYPES[check_choice("--dtype", args.dtype, DTYPES)]
     if args.transformer_only:
-        model.save_pretrained(args.output, safe_serialization=True)
-        transformer_dir = args.output
-    else:
-        pipe = _build_pipeline(model, args.vae, args.sampler)
-        pipe.save_pretrained(args.output, safe_serialization=True)
-        transformer_dir = args.output / "transformer"
-    _verify_saved(model, transformer_dir)
-    print(f"wrote {args.output} (transformer reloaded and verified bit-identical)")
-    return transformer_dir
+        for flag, value in (("--vae", args.vae), ("--sampler", args.sampler)):
+            if value is not None:
+                raise InputError(
+                    f"{flag} {value!r} applies to a pipeline; drop it or drop --transformer-only"
+                )
+    if args.sampler is not None:
+        check_choice("--sampler", args.sampler, sorted(SAMPLER_PRESETS))
+    output = _check_output(args.output, args.overwrite, [_local_file(args.checkpoint), _local_file(args.vae)])
+
+    if args.vae is not None:  # an explicit VAE is found before the checkpoint is even read
+        _locate_vae(args.vae, None)
+
+    spec = args.checkpoint
+    state_dict = load_official_state_dict(spec, use_ema=not args.raw_weights, name="--checkpoint")
+    try:  # every key, shape and value checked; nothing copied yet
+        config = infer_official_config(state_dict, args.num_heads, num_heads_name="--num-heads")
+        config, converted = convert_official_state_dict(state_dict, config["num_heads"])
+    except ConversionError as err:
+        raise _checkpoint_error(spec, err) from err
+    vae = None
+    if not args.transformer_only:  # the VAE before the model is built or anything written
+        vae = _load_vae(_locate_vae(args.vae, config["in_channels"]), config["in_channels"])
+
+    model = SiTTransformer2DModel(**config)
+    model.load_state_dict(converted, strict=True)
+    model.eval()
+    if dtype != torch.float32:
+        model = model.to(dtype)
+    del state_dict, converted
+    n_params = sum(p.numel() for p in model.parameters()) + model.pos_embed.numel()
+    print(f"converted {spec}: {n_params:,} parameters (pos_embed included), config {dict(model.config)}")
+    shape = (config["hidden_size"], config["depth"], config["patch_size"])
+    for name, named in SIT_CONFIGS.items():
+        if (named["hidden_size"], named["depth"], named["patch_size"]) == shape \
+                and named["num_heads"] != config["num_heads"]:
+            print(f"warning: these shapes are {name}'s, which has {named['num_heads']} heads; converted with "
+                  f"--num-heads {config['num_heads']} as asked", file=sys.stderr)
+
+    def write(folder: Path) -> None:
+        if args.transformer_only:
+            model.save_pretrained(folder, safe_serialization=True)
+            _verify_saved(model, folder)
+        else:
+            _build_pipeline(model, vae, args.sampler).save_pretrained(folder, safe_serialization=True)
+            _verify_saved(model, folder / "transformer")
+
+    _write_atomically(output, write)
+    print(f"wrote {output} (transformer reloaded and verified bit-identical)")
+    return output if args.transformer_only else output / "transformer"
+
+
+def _main(argv: Sequence[str]) -> None:
+    convert(parse_args(argv))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The command line: 0 on success, 2 (one line on stderr) for a bad flag, file or checkpoint."""
+    return run_cli(PROG, _main, argv)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import pickle
 from pathlib import Path
 
 import pytest
@@ -14,6 +13,7 @@ from conftest import REPO_ROOT, load_official
 
 from sit_diffusers import conversion
 from sit_diffusers.conversion import (
+    CheckpointNotFoundError,
     ConversionError,
     convert_official_state_dict,
     load_official_checkpoint,
@@ -21,6 +21,7 @@ from sit_diffusers.conversion import (
     official_to_diffusers_key,
 )
 from sit_diffusers.modeling_sit import SiTTransformer2DModel
+from sit_diffusers.validation import InputError
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -170,18 +171,25 @@ def test_wrong_shape_is_named(official_sd):
 
 
 def test_unknown_architecture_needs_num_heads(official_sd):
-    with pytest.raises(ConversionError, match="pass num_heads"):
+    with pytest.raises(InputError, match=r"match no named SiT config.*pass num_heads \(a divisor of 64\)"):
         convert_official_state_dict(official_sd)
+    with pytest.raises(InputError, match=r"num_heads 5 does not divide the width 64.*\[1, 2, 4, 8, 16, 32, 64"):
+        convert_official_state_dict(official_sd, num_heads=5)
+    for bad in (0, -4, 2.0, "4", True):
+        with pytest.raises(InputError, match="num_heads"):
+            convert_official_state_dict(official_sd, num_heads=bad)
 
 
 def test_not_a_state_dict(tmp_path):
     torch.save([torch.zeros(1)], tmp_path / "list.pt")
-    with pytest.raises(ConversionError, match="expected a state dict"):
+    with pytest.raises(ConversionError, match=r"list\.pt' holds a list, not a state dict"):
         load_official_state_dict(tmp_path / "list.pt")
     torch.save({"model": {"a": torch.zeros(1)}}, tmp_path / "no_ema.pt")
     with pytest.raises(ConversionError, match="without a 'ema' entry"):
         load_official_state_dict(tmp_path / "no_ema.pt")
-    with pytest.raises(FileNotFoundError, match="neither a local file"):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_official_state_dict(tmp_path / "absent.pt")
+    with pytest.raises(CheckpointNotFoundError, match="does not exist"):
         load_official_state_dict(tmp_path / "absent.pt")
 
 
@@ -195,14 +203,20 @@ class _Payload:
         return (open, (str(self.marker), "w"))
 
 
-def test_pickled_object_is_refused_by_weights_only(tmp_path, official_sd):
+@pytest.mark.parametrize("zip_format", [True, False], ids=["zip", "legacy"])
+def test_pickled_object_is_refused_by_weights_only(tmp_path, official_sd, zip_format):
+    """A pickle whose loading would call ``open(marker, "w")`` is refused and the file never created."""
     marker = tmp_path / "executed"
     sd = dict(official_sd)
     sd["payload"] = _Payload(marker)
-    torch.save(sd, tmp_path / "evil.pt")
-    with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
+    torch.save(sd, tmp_path / "evil.pt", _use_new_zipfile_serialization=zip_format)
+    with pytest.raises(ConversionError, match=r"evil\.pt' was refused: it pickles (io|builtins)\.open.*code"):
         load_official_state_dict(tmp_path / "evil.pt")
+    with pytest.raises(ConversionError, match="refused"):
+        load_official_checkpoint(tmp_path / "evil.pt", num_heads=4)
     assert not marker.exists()
+    with open(tmp_path / "evil.pt", "rb") as f:  # the payload really is there: plain pickle would run it
+        assert b"open" in f.read()
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -217,8 +231,8 @@ def _cli():
 
 def test_cli_transformer_only(tmp_path, official_dir, fwd):
     out = tmp_path / "converted"
-    _cli().main(["--checkpoint", str(official_dir / "original_checkpoint.pt"), "--output", str(out),
-                 "--transformer-only", "--num-heads", "4"])
+    assert _cli().main(["--checkpoint", str(official_dir / "original_checkpoint.pt"), "--output", str(out),
+                        "--transformer-only", "--num-heads", "4"]) == 0
     model = SiTTransformer2DModel.from_pretrained(out).eval()
     assert rel_err(_out(model, fwd), fwd["out"]) <= 1e-5
 
@@ -226,8 +240,8 @@ def test_cli_transformer_only(tmp_path, official_dir, fwd):
 def test_cli_bfloat16_and_errors(tmp_path, official_dir, fwd):
     cli = _cli()
     out = tmp_path / "bf16"
-    cli.main(["--checkpoint", str(official_dir / "model.safetensors"), "--output", str(out),
-              "--transformer-only", "--num-heads", "4", "--dtype", "bfloat16"])
+    assert cli.main(["--checkpoint", str(official_dir / "model.safetensors"), "--output", str(out),
+                     "--transformer-only", "--num-heads", "4", "--dtype", "bfloat16"]) == 0
     from safetensors import safe_open
 
     with safe_open(str(out / "diffusion_pytorch_model.safetensors"), "pt") as f:
@@ -237,18 +251,17 @@ def test_cli_bfloat16_and_errors(tmp_path, official_dir, fwd):
     with torch.no_grad():
         out_bf16 = model(fwd["x"].bfloat16(), fwd["t"], fwd["y"].long()).sample
     assert rel_err(out_bf16.float(), fwd["out"]) < 3e-2
-    with pytest.raises(ConversionError, match="pass num_heads"):
-        cli.main(["--checkpoint", str(official_dir / "model.safetensors"), "--output", str(out),
-                  "--transformer-only"])
-    with pytest.raises(SystemExit):
-        cli.main(["--checkpoint", "x.pt", "--output", str(out), "--transformer-onyl"])  # typo is not swallowed
+    assert cli.main(["--checkpoint", str(official_dir / "model.safetensors"), "--output", str(tmp_path / "o"),
+                     "--transformer-only"]) == 2
+    assert cli.main(["--checkpoint", "x.pt", "--output", str(out), "--transformer-onyl"]) == 2  # a typo fails
+    assert not (tmp_path / "o").exists()
 
 
 def test_cli_full_pipeline(tmp_path, official_dir, fwd):
     pipeline_sit = pytest.importorskip("sit_diffusers.pipeline_sit")
     out = tmp_path / "pipe"
-    _cli().main(["--checkpoint", str(official_dir / "original_checkpoint.pt"), "--output", str(out),
-                 "--num-heads", "4", "--vae", "none"])
+    assert _cli().main(["--checkpoint", str(official_dir / "original_checkpoint.pt"), "--output", str(out),
+                        "--num-heads", "4", "--vae", "none"]) == 0
     assert (out / "model_index.json").is_file()
     pipe = pipeline_sit.SiTPipeline.from_pretrained(out)
     assert pipe.vae is None
