@@ -130,7 +130,7 @@ def test_target_gives_zero_loss_and_generator_determinism():
 def test_validation():
     with pytest.raises(ValueError, match="velocity loss is unweighted"):
         SiTObjective("linear", "velocity", "likelihood")
-    with pytest.raises(ValueError, match="valid: None, none, velocity, likelihood"):
+    with pytest.raises(ValueError, match="valid: none, velocity, likelihood"):
         SiTObjective("linear", "noise", "snr")
     with pytest.raises(ValueError, match="valid: velocity, score, noise"):
         SiTObjective("linear", "x0")

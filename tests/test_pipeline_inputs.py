@@ -252,3 +252,59 @@ def test_non_finite_vae_output_is_refused() -> None:
     pipe.set_progress_bar_config(disable=True)
     with pytest.raises(NonFiniteError, match="decoded images.*VAE"):
         pipe([0], num_inference_steps=1)
+
+
+LIKELIHOOD_CASES = [
+    ("solver-unknown", {"solver": "rk45"}, "'rk45'"),
+    ("divergence-typo", {"divergence": "exakt"}, "did you mean 'exact'"),
+    ("steps-zero", {"solver": "euler", "num_steps": 0}, "got 0"),
+    ("steps-fractional", {"solver": "euler", "num_steps": 2.5}, "2.5"),
+    ("atol-zero", {"atol": 0.0}, "got 0.0"),
+    ("rtol-nan", {"rtol": NAN}, "nan"),
+    ("x-int", {"x": torch.zeros(1, 3, 8, 8, dtype=torch.long)}, "torch.int64"),
+    ("x-nan", {"x": torch.full((1, 3, 8, 8), NAN)}, "x holds 192 non-finite"),
+    ("x-numpy", {"x": np.zeros((1, 3, 8, 8), np.float32)}, "ndarray"),
+    ("sample-eps-negative", {"sample_eps": -1.0}, "-1.0"),
+    ("generator-int", {"generator": 5}, "int"),
+    ("path-typo", {"path_type": "linaer"}, "'linaer'"),
+]
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [c[1:] for c in LIKELIHOOD_CASES],
+                         ids=[c[0] for c in LIKELIHOOD_CASES])
+def test_log_likelihood_refuses_bad_input_before_any_work(kwargs: dict, message: str) -> None:
+    from sit_diffusers.likelihood import log_likelihood
+
+    calls = []
+
+    def model_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        calls.append(t)
+        return -x
+
+    call = {"x": torch.zeros(1, 3, 8, 8), **kwargs}
+    x = call.pop("x")
+    with pytest.raises(InputError) as info:
+        log_likelihood(model_fn, x, **call)
+    assert message in str(info.value), str(info.value)
+    assert calls == []
+
+
+OBJECTIVE_CASES = [
+    ("weight-unknown", {"prediction": "noise", "loss_weight": "snr"}, "'snr'"),
+    ("weight-on-velocity", {"loss_weight": "likelihood"}, "'likelihood'"),
+    ("time-unknown", {"time": "uniform"}, "'uniform'"),
+    ("timesteps-zero", {"num_train_timesteps": 0}, "got 0"),
+    ("timesteps-discrete-one", {"time": "discrete", "num_train_timesteps": 1}, "got 1"),
+    ("train-eps-negative", {"train_eps": -0.1}, "-0.1"),
+    ("train-eps-nan", {"train_eps": NAN}, "nan"),
+    ("sample-eps-too-large", {"sample_eps": 0.7}, "0.7"),
+]
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [c[1:] for c in OBJECTIVE_CASES], ids=[c[0] for c in OBJECTIVE_CASES])
+def test_objective_refuses_bad_config(kwargs: dict, message: str) -> None:
+    from sit_diffusers.losses import SiTObjective
+
+    with pytest.raises(InputError) as info:
+        SiTObjective(**kwargs)
+    assert message in str(info.value), str(info.value)

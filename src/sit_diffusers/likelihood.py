@@ -29,6 +29,7 @@ from .interpolants import (
     sampling_interval,
 )
 from .solvers import ODE_ADAPTIVE_SOLVERS, integrate_adaptive
+from .validation import InputError, check_choice, check_finite_tensor, check_float, check_int
 
 ModelFn = Callable[[Tensor, Tensor], Tensor]
 ProbeFn = Callable[[int, Tensor], Tensor]
@@ -105,13 +106,23 @@ def log_likelihood(
     if torch.is_inference_mode_enabled():
         raise RuntimeError("log_likelihood differentiates the model: call it outside torch.inference_mode()")
     path_type, prediction = resolve_path_type(path_type), resolve_prediction(prediction)
+    check_choice("solver", solver, list(_FIXED) + list(ODE_ADAPTIVE_SOLVERS))
+    check_choice("divergence", divergence, ("hutchinson", "exact"))
+    check_int("num_steps", num_steps, minimum=1)
+    check_float("atol", atol, minimum=0.0, min_inclusive=False)
+    check_float("rtol", rtol, minimum=0.0, min_inclusive=False)
+    if not isinstance(x, Tensor) or not x.is_floating_point() or x.ndim < 2:
+        raise InputError(f"x must be a floating-point torch tensor (N, ...) of data, got {type(x).__name__} "
+                         f"of dtype {getattr(x, 'dtype', None)} and shape {tuple(getattr(x, 'shape', ()))}")
+    check_finite_tensor("x", x, "the data whose likelihood is asked must be finite", InputError)
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise InputError(f"generator must be a torch.Generator, got {type(generator).__name__}")
     interp = get_interpolant(path_type)
-    eps = default_eps(path_type, prediction)[1] if sample_eps is None else sample_eps
+    eps = default_eps(path_type, prediction)[1] if sample_eps is None else check_float(
+        "sample_eps", sample_eps, minimum=0.0, maximum=0.5, max_inclusive=False)
     if prediction != "velocity" and path_type != "vp" and eps <= 0:
-        raise ValueError(f"{path_type}/{prediction} needs sample_eps > 0 (the ends are singular)")
+        raise InputError(f"{path_type}/{prediction} needs sample_eps > 0 (the ends are singular), got {eps}")
     t0, t1 = sampling_interval(path_type, prediction, eps, sde=False)
-    if divergence not in ("hutchinson", "exact"):
-        raise ValueError(f"unknown divergence {divergence!r}; valid: hutchinson, exact")
     dtype = torch.promote_types(x.dtype, torch.float32)
     x = x.detach().to(dtype)
     fixed_probe = rademacher(tuple(x.shape), generator, x.device, dtype) if divergence == "hutchinson" else None
@@ -145,13 +156,11 @@ def log_likelihood(
             return drift(state, torch.ones(x.shape[0], dtype=dtype, device=x.device) * t)
 
         xs, deltas = odeint(func, state0, grid, method=_FIXED[solver])
-    else:
-        valid = list(_FIXED) + list(ODE_ADAPTIVE_SOLVERS)
-        raise ValueError(f"unknown solver {solver!r}; valid: {', '.join(valid)}")
     z = xs[-1]
     delta = -deltas[-1]  # int_{t0}^{t1} div v dt (we integrated t1 -> t0)
     prior = standard_normal_logp(z)
-    logp = prior - delta
+    logp = check_finite_tensor("log p(x)", prior - delta, "the model's output or the ODE solve diverged "
+                               "(check the weights, path_type/prediction and the solver tolerances)")
     d = x[0].numel()
     return LikelihoodResult(
         logp=logp, nll=-logp, bits_per_dim=-logp / (d * math.log(2)), prior_logp=prior,

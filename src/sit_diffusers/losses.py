@@ -30,6 +30,7 @@ from .interpolants import (
     resolve_prediction,
     training_interval,
 )
+from .validation import InputError, check_choice, check_float, check_int
 
 LossWeight = Literal["none", "velocity", "likelihood"]
 TimeSampling = Literal["continuous", "discrete"]
@@ -80,19 +81,21 @@ class SiTObjective:
     ) -> None:
         self.path_type = resolve_path_type(path_type)
         self.prediction = resolve_prediction(prediction)
-        weight = "none" if loss_weight is None else str(loss_weight).lower()
-        if weight not in LOSS_WEIGHTS:
-            raise ValueError(f"unknown loss_weight {loss_weight!r}; valid: None, {', '.join(LOSS_WEIGHTS)}")
+        weight = "none" if loss_weight is None else check_choice("loss_weight", loss_weight, LOSS_WEIGHTS,
+                                                                  key=str.lower)
         if self.prediction == "velocity" and weight != "none":
-            raise ValueError("loss_weight applies to score and noise models; a velocity loss is unweighted")
+            raise InputError(
+                f"loss_weight {loss_weight!r} applies to score and noise models; a velocity loss is unweighted"
+            )
         self.loss_weight = weight
-        if time not in TIME_SAMPLINGS:
-            raise ValueError(f"unknown time sampling {time!r}; valid: {', '.join(TIME_SAMPLINGS)}")
+        self.time = check_choice("time sampling", time, TIME_SAMPLINGS)
+        self.num_train_timesteps = check_int("num_train_timesteps", num_train_timesteps, minimum=1)
         if time == "discrete" and num_train_timesteps < 2:
-            raise ValueError("discrete time needs num_train_timesteps >= 2")
-        self.time = time
-        self.num_train_timesteps = int(num_train_timesteps)
+            raise InputError(f"discrete time needs num_train_timesteps >= 2, got {num_train_timesteps}")
         d_train, d_sample = default_eps(self.path_type, self.prediction)
+        for eps_name, eps_value in (("train_eps", train_eps), ("sample_eps", sample_eps)):
+            if eps_value is not None:
+                check_float(eps_name, eps_value, minimum=0.0, maximum=0.5, max_inclusive=False)
         self.train_eps = d_train if train_eps is None else float(train_eps)
         self.sample_eps = d_sample if sample_eps is None else float(sample_eps)
         self.interpolant: Interpolant = get_interpolant(self.path_type)
