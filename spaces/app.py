@@ -14,9 +14,13 @@ Run it with ``python spaces/app.py``. Configuration is by environment variable o
 ``GRADIO_SERVER_NAME`` / ``GRADIO_SERVER_PORT``: where to listen (gradio's own variables).
 =====================  ===============================================================================
 
+A setting that is not a number / device / dtype stops start-up with one line naming it. Every request
+(page, ``gradio_client``, or a direct call of ``SiTDemo.generate``) is validated before any work: a bad
+value is a ``RequestError`` (a ``gr.Error``) naming the control, the value and what is allowed.
+
 Nothing is fetched at start-up when ``SIT_MODEL`` is a folder: gradio analytics and Hub telemetry are
-switched off before gradio is imported. Under ZeroGPU (the ``spaces`` package importable) the generate
-function is wrapped in ``@spaces.GPU``.
+switched off before gradio is imported. Under ZeroGPU (the ``spaces`` package importable) the sampling
+(``SiTDemo.sample``, after validation) is wrapped in ``@spaces.GPU``.
 """
 
 from __future__ import annotations
@@ -27,6 +31,9 @@ import os
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
+import difflib  # noqa: E402
+import math  # noqa: E402
+import numbers  # noqa: E402
 import random  # noqa: E402
 import sys  # noqa: E402
 import threading  # noqa: E402
@@ -37,25 +44,48 @@ from typing import Any  # noqa: E402
 import gradio as gr  # noqa: E402
 import torch  # noqa: E402
 
+from sit_diffusers.interpolants import DIFFUSION_FORMS as _LIB_DIFFUSION_FORMS  # noqa: E402
+from sit_diffusers.validation import InputError, NonFiniteError, check_device  # noqa: E402
+
 try:  # ZeroGPU on Hugging Face Spaces
     import spaces  # type: ignore[import-not-found]  # noqa: E402
 except ImportError:  # plain CPU / GPU machine
+    spaces = None
+if not callable(getattr(spaces, "GPU", None)):  # e.g. this repository's spaces/ folder, run from its root
     spaces = None
 
 #################################################################################
 #                                   Limits                                      #
 #################################################################################
 
-MAX_STEPS = int(os.environ.get("SIT_MAX_STEPS", "250"))
-MAX_IMAGES = int(os.environ.get("SIT_MAX_IMAGES", "8"))
-CONCURRENCY = int(os.environ.get("SIT_CONCURRENCY", "1"))
-QUEUE_SIZE = int(os.environ.get("SIT_QUEUE_SIZE", "16"))
+
+def env_int(name: str, default: int, minimum: int = 1) -> int:
+    """A whole-number setting from the environment; a bad one stops start-up with a one-line message."""
+    text = os.environ.get(name, "").strip() or str(default)
+    try:
+        value = int(text)
+    except ValueError:
+        raise SystemExit(f"{name} must be a whole number >= {minimum}, got {text!r}") from None
+    if value < minimum:
+        raise SystemExit(f"{name} must be a whole number >= {minimum}, got {value}")
+    return value
+
+
+MAX_STEPS = env_int("SIT_MAX_STEPS", 250)
+MAX_IMAGES = env_int("SIT_MAX_IMAGES", 8)
+CONCURRENCY = env_int("SIT_CONCURRENCY", 1)
+QUEUE_SIZE = env_int("SIT_QUEUE_SIZE", 16)
 MAX_GUIDANCE = 20.0
+MAX_DIFFUSION_NORM = 10.0
 MAX_SEED = 2**31 - 1
+#: Longest class name accepted (the longest ImageNet label is ~120 characters); longer text is refused
+#: before any name matching, whose cost grows with the length.
+MAX_LABEL_CHARS = 200
 
 MODES = ("ODE", "SDE")
 SOLVERS: dict[str, tuple[str, ...]] = {"ODE": ("euler", "heun", "dopri5"), "SDE": ("euler", "heun")}
-DIFFUSION_FORMS = ("sigma", "constant", "SBDM", "linear", "decreasing", "increasing-decreasing")
+#: The sampler's diffusion forms (``interpolants.DIFFUSION_FORMS``), the official default "sigma" first.
+DIFFUSION_FORMS = ("sigma", *(form for form in _LIB_DIFFUSION_FORMS if form != "sigma"))
 ADAPTIVE_SOLVERS = ("dopri5",)
 
 #: Classic DiT / SiT sample classes, used as examples for ImageNet models.
@@ -64,6 +94,9 @@ IMAGENET_EXAMPLES = ("207", "360", "387", "974", "88", "979", "417", "279")
 #################################################################################
 #                              Request validation                               #
 #################################################################################
+# The page's widgets bound their values, but the API (gradio_client, /call) and direct calls of
+# SiTDemo.generate pass anything: every control is checked here, before any work starts, and each
+# failure is one RequestError naming the control, the value given and what is allowed.
 
 
 @dataclass(frozen=True)
@@ -81,44 +114,104 @@ class GenerationRequest:
     seed: int
 
 
-def user_error(message: str) -> gr.Error:
-    """An error for the page / API caller: shown as is, no stack trace in the page or the server log."""
-    return gr.Error(message, print_exception=False)
+class RequestError(gr.Error):
+    """A value the Space cannot use. Shown as is on the page / to the API caller; no stack trace in the
+    page or the server log. Anything else raised by a request is a bug and keeps its traceback."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, title="Invalid input", print_exception=False)
 
 
-def _as_int(name: str, value: Any) -> int:
-    try:
+def _show(value: Any, limit: int = 60) -> str:
+    """``repr(value)`` cut to ``limit`` characters (a request may carry megabytes of text)."""
+    text = repr(value)
+    if len(text) <= limit:
+        return text
+    size = f" ({len(value)} characters)" if isinstance(value, str) else ""
+    return f"{text[:limit]}...{size}"
+
+
+def _whole(label: str, value: Any, lo: int, hi: int) -> int:
+    """``value`` as an int in ``[lo, hi]``: ints and integral floats (JSON ``4.0``); never text, bools,
+    NaN/inf or a fraction (``2.7`` steps is refused, not truncated)."""
+    problem = f"{label} must be a whole number between {lo} and {hi}, got {_show(value)}."
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise RequestError(problem)
+    if not isinstance(value, numbers.Integral):
         as_float = float(value)
-    except (TypeError, ValueError):
-        raise user_error(f"{name} must be a whole number, got {value!r}.") from None
-    if as_float != int(as_float):
-        raise user_error(f"{name} must be a whole number, got {value!r}.")
-    return int(as_float)
-
-
-def _as_float(name: str, value: Any) -> float:
-    try:
-        out = float(value)
-    except (TypeError, ValueError):
-        raise user_error(f"{name} must be a number, got {value!r}.") from None
-    if out != out or out in (float("inf"), float("-inf")):
-        raise user_error(f"{name} must be a finite number, got {value!r}.")
+        if not math.isfinite(as_float) or as_float != math.floor(as_float):
+            raise RequestError(problem)
+    out = int(value)
+    if not lo <= out <= hi:
+        raise RequestError(problem)
     return out
 
 
-def resolve_classes(classes: Any, num_classes: int, id2label: dict[int, str] | None) -> list[int]:
-    """Picker values (ids as strings, ids, or class names) -> class ids; ``gr.Error`` naming the bad one."""
+def _real(label: str, value: Any, lo: float, hi: float) -> float:
+    """``value`` as a finite float in ``[lo, hi]``; text, bools, NaN and inf are refused."""
+    problem = f"{label} must be a number between {lo:g} and {hi:g}, got {_show(value)}."
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise RequestError(problem)
+    out = float(value)
+    if not (math.isfinite(out) and lo <= out <= hi):
+        raise RequestError(problem)
+    return out
+
+
+def _flag(label: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise RequestError(f"{label} must be true or false, got {_show(value)}.")
+    return value
+
+
+def _closest(value: Any, choices: tuple[str, ...]) -> str:
+    """`` Did you mean 'x'?`` for the choice nearest to a misspelt one, else ``""``."""
+    if not isinstance(value, str):
+        return ""
+    by_lower = {c.lower(): c for c in choices}
+    close = difflib.get_close_matches(
+        value.strip().lower()[:MAX_LABEL_CHARS], list(by_lower), n=1, cutoff=0.6
+    )
+    return f" Did you mean {by_lower[close[0]]!r}?" if close else ""
+
+
+def _pick(value: Any, choices: tuple[str, ...]) -> str | None:
+    """The choice ``value`` names (case-insensitive, spaces trimmed), else ``None``."""
+    if isinstance(value, str):
+        key = value.strip().lower()
+        for choice in choices:
+            if choice.lower() == key:
+                return choice
+    return None
+
+
+def resolve_classes(
+    classes: Any, num_classes: int, id2label: dict[int, str] | None, max_classes: int | None = None
+) -> list[int]:
+    """Picker values (ids as strings, ids, or class names) -> class ids; :class:`RequestError` naming the bad
+    one, with the nearest class names for a misspelt name (``LabelResolver``).
+
+    ``max_classes`` (default ``num_classes``) bounds the list before any name is matched.
+    """
     from sit_diffusers.labels import LabelResolver, UnknownClassLabelError
 
-    if classes is None or classes == "" or classes == []:
-        raise user_error("Pick at least one class.")
-    if isinstance(classes, (str, int)):
+    if classes is None or (isinstance(classes, (str, list, tuple)) and len(classes) == 0):
+        raise RequestError("Pick at least one class.")
+    if isinstance(classes, (str, int)) and not isinstance(classes, bool):
         classes = [classes]
+    if not isinstance(classes, (list, tuple)):
+        raise RequestError(f"Classes must be a list of class ids or names, got {_show(classes)}.")
+    limit = num_classes if max_classes is None else max_classes
+    if len(classes) > limit:
+        raise RequestError(f"Pick at most {limit} classes, got {len(classes)}.")
+    for label in classes:
+        if isinstance(label, str) and len(label) > MAX_LABEL_CHARS:
+            raise RequestError(f"Class name {_show(label)} is longer than {MAX_LABEL_CHARS} characters.")
     try:
         return LabelResolver(num_classes, id2label)(list(classes))
     except UnknownClassLabelError as err:
         text = str(err)
-        raise user_error(text[:1].upper() + text[1:]) from None
+        raise RequestError(text[:1].upper() + text[1:]) from None
 
 
 def validate_request(
@@ -138,45 +231,46 @@ def validate_request(
     id2label: dict[int, str] | None,
     max_steps: int = MAX_STEPS,
     max_images: int = MAX_IMAGES,
+    max_guidance: float = MAX_GUIDANCE,
 ) -> GenerationRequest:
     """Check every control against the caps and return a :class:`GenerationRequest`.
 
-    Raises ``gr.Error`` with a message meant for the page (never a stack trace). Images cycle through the
-    chosen classes: ``class_ids[i] = chosen[i % len(chosen)]``.
+    Raises :class:`RequestError` (a ``gr.Error``) with a sentence for the page: the control, the value
+    given and what is allowed; never a stack trace. Images cycle through the chosen classes:
+    ``class_ids[i] = chosen[i % len(chosen)]`` (picks beyond the number of images are not drawn).
+    ``max_guidance`` is 1 for a model without a null class (no classifier-free guidance).
     """
-    chosen = resolve_classes(classes, num_classes, id2label)
-    n = _as_int("Number of images", num_images)
-    if not 1 <= n <= max_images:
-        raise user_error(f"Number of images must be between 1 and {max_images}, got {n}.")
-    mode_name = str(mode).upper()
-    if mode_name not in MODES:
-        raise user_error(f"Sampler mode must be one of {', '.join(MODES)}, got {mode!r}.")
-    solver_name = str(solver).lower()
-    if solver_name not in SOLVERS[mode_name]:
-        raise user_error(
-            f"Solver {solver!r} is not available for {mode_name}; choose one of {', '.join(SOLVERS[mode_name])}."
+    n = _whole("Number of images", num_images, 1, max_images)
+    chosen = resolve_classes(classes, num_classes, id2label, max_classes=max(num_classes, max_images))
+    mode_name = _pick(mode, MODES)
+    if mode_name is None:
+        raise RequestError(
+            f"Sampler mode must be one of {', '.join(MODES)}, got {_show(mode)}.{_closest(mode, MODES)}"
         )
-    n_steps = _as_int("Steps", steps)
-    if not 1 <= n_steps <= max_steps:
-        raise user_error(f"Steps must be between 1 and {max_steps}, got {n_steps}.")
-    scale = _as_float("Guidance scale", guidance_scale)
-    if not 1.0 <= scale <= MAX_GUIDANCE:
-        raise user_error(f"Guidance scale must be between 1 and {MAX_GUIDANCE:g}, got {scale:g}.")
-    lo = _as_float("Guidance interval start", interval_start)
-    hi = _as_float("Guidance interval end", interval_end)
-    if not 0.0 <= lo <= hi <= 1.0:
-        raise user_error(f"Guidance interval must satisfy 0 <= start <= end <= 1, got [{lo:g}, {hi:g}].")
-    form = str(diffusion_form)
-    if form not in DIFFUSION_FORMS:
-        raise user_error(
-            f"Diffusion form must be one of {', '.join(DIFFUSION_FORMS)}, got {diffusion_form!r}."
+    solver_name = _pick(solver, SOLVERS[mode_name])
+    if solver_name is None:
+        valid = SOLVERS[mode_name]
+        raise RequestError(
+            f"Solver {_show(solver)} is not available for {mode_name}; choose one of {', '.join(valid)}."
+            + _closest(solver, valid)
         )
-    norm = _as_float("Diffusion norm", diffusion_norm)
-    if not 0.0 <= norm <= 10.0:
-        raise user_error(f"Diffusion norm must be between 0 and 10, got {norm:g}.")
-    seed_value = _as_int("Seed", seed)
-    if not 0 <= seed_value <= MAX_SEED:
-        raise user_error(f"Seed must be between 0 and {MAX_SEED}, got {seed_value}.")
+    n_steps = _whole("Steps", steps, 1, max_steps)
+    scale = _real("Guidance scale", guidance_scale, 1.0, MAX_GUIDANCE)
+    if scale > max_guidance:
+        why = " (this model has no null class, so no classifier-free guidance)" if max_guidance == 1.0 else ""
+        raise RequestError(f"Guidance scale must be between 1 and {max_guidance:g}{why}, got {scale:g}.")
+    lo = _real("Guidance interval start", interval_start, 0.0, 1.0)
+    hi = _real("Guidance interval end", interval_end, 0.0, 1.0)
+    if lo > hi:
+        raise RequestError(f"Guidance interval must satisfy 0 <= start <= end <= 1, got [{lo:g}, {hi:g}].")
+    form = _pick(diffusion_form, DIFFUSION_FORMS)
+    if form is None:
+        raise RequestError(
+            f"Diffusion form must be one of {', '.join(DIFFUSION_FORMS)}, got {_show(diffusion_form)}."
+            + _closest(diffusion_form, DIFFUSION_FORMS)
+        )
+    norm = _real("Diffusion norm", diffusion_norm, 0.0, MAX_DIFFUSION_NORM)
+    seed_value = _whole("Seed", seed, 0, MAX_SEED)
     return GenerationRequest(
         class_ids=tuple(chosen[i % len(chosen)] for i in range(n)),
         mode=mode_name.lower(),
@@ -209,10 +303,25 @@ def default_model_ref() -> str | None:
 
 
 def pick_device() -> str:
-    """``SIT_DEVICE`` if set, else cuda when present or under ZeroGPU (it attaches a GPU per call)."""
-    if os.environ.get("SIT_DEVICE"):
-        return os.environ["SIT_DEVICE"]
-    return "cuda" if spaces is not None or torch.cuda.is_available() else "cpu"
+    """``SIT_DEVICE`` if set, else cuda when present or under ZeroGPU (it attaches a GPU per call).
+
+    A ``SIT_DEVICE`` this machine does not have stops start-up with one line (under ZeroGPU only its
+    spelling is checked: the GPU is attached per call).
+    """
+    value = os.environ.get("SIT_DEVICE", "").strip()
+    if not value:
+        return "cuda" if spaces is not None or torch.cuda.is_available() else "cpu"
+    if spaces is None:
+        try:
+            check_device("SIT_DEVICE", value)
+        except InputError as err:
+            raise SystemExit(str(err)) from None
+        return value
+    try:
+        torch.device(value)
+    except RuntimeError:
+        raise SystemExit(f"SIT_DEVICE {value!r} is not a torch device (e.g. cpu, cuda, cuda:1)") from None
+    return value
 
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -246,16 +355,26 @@ def class_choices(num_classes: int, id2label: dict[int, str] | None) -> list[tup
 
 
 class SiTDemo:
-    """The loaded pipeline plus the generate function the UI and the API call."""
+    """The loaded pipeline plus the generate function the UI and the API call.
+
+    ``generate`` validates the request (:func:`validate_request`) and only then calls ``sample``, the
+    part that needs the accelerator: under ZeroGPU only ``sample`` runs in ``@spaces.GPU``, so a bad
+    request is refused without a GPU being attached.
+    """
 
     def __init__(self, pipe, model_name: str, device: str) -> None:
         self.pipe = pipe
         self.model_name = model_name
         self.device = device
-        self.num_classes = int(pipe.transformer.config.num_classes)
+        config = pipe.transformer.config
+        self.num_classes = int(config.num_classes)
+        # without a null-class embedding (class_dropout_prob = 0) the pipeline cannot guide
+        self.max_guidance = MAX_GUIDANCE if getattr(config, "class_dropout_prob", 0.1) > 0 else 1.0
         self.id2label = {int(k): str(v) for k, v in (getattr(pipe, "id2label", None) or {}).items()} or None
         self._base_scheduler = pipe.scheduler
         self._lock = threading.Lock()  # the scheduler is swapped per request: one run at a time
+        # ZeroGPU: a GPU is attached for the duration of each sampling call
+        self.sample = spaces.GPU(duration=120)(self._sample) if spaces is not None else self._sample
 
     def make_sampler(self, request: GenerationRequest):
         """A sampler for this request: the pipeline's own config with mode / solver / diffusion overridden."""
@@ -264,6 +383,12 @@ class SiTDemo:
         if request.mode == "sde":
             overrides.update(diffusion_form=request.diffusion_form, diffusion_norm=request.diffusion_norm)
         return type(base).from_config(base.config, **overrides)
+
+    def validate(self, *controls: Any) -> GenerationRequest:
+        """:func:`validate_request` for this model (its classes, names and whether it can guide)."""
+        return validate_request(
+            *controls, num_classes=self.num_classes, id2label=self.id2label, max_guidance=self.max_guidance
+        )
 
     def generate(
         self,
@@ -280,10 +405,14 @@ class SiTDemo:
         seed,
         randomize_seed,
     ):
-        """Run the sampler; returns ``(images, info text, seed used)``."""
-        if randomize_seed:
+        """Validate every control, then sample; returns ``(images, info text, seed used)``.
+
+        A bad value raises :class:`RequestError` before any work. With ``randomize_seed`` the ``seed``
+        given is not used (nor checked): a fresh one in ``[0, MAX_SEED]`` is drawn.
+        """
+        if _flag("Randomize seed", randomize_seed):
             seed = random.randint(0, MAX_SEED)
-        request = validate_request(
+        request = self.validate(
             classes,
             num_images,
             mode,
@@ -295,9 +424,15 @@ class SiTDemo:
             diffusion_form,
             diffusion_norm,
             seed,
-            num_classes=self.num_classes,
-            id2label=self.id2label,
         )
+        return self.sample(request)
+
+    def _sample(self, request: GenerationRequest):
+        """Run the pipeline on a validated request; returns ``(images, info text, seed used)``.
+
+        NaN/inf in the result (the pipeline's ``NonFiniteError``) becomes a ``gr.Error`` with its message;
+        any other exception is a bug and propagates with its traceback (the page shows a bare "Error").
+        """
         # One generator per image: a seed gives the same image whatever the batch size.
         generators = [
             torch.Generator(device="cpu").manual_seed(request.seed + i) for i in range(len(request.class_ids))
@@ -315,8 +450,12 @@ class SiTDemo:
                     output_type="pil",
                 )
                 wall = time.perf_counter() - start
-            except (ValueError, TypeError) as err:
-                raise user_error(f"Generation failed: {err}") from None
+            except NonFiniteError as err:
+                raise gr.Error(
+                    f"The sampler produced NaN/inf values, so there is no image to show: {err}",
+                    title="Generation failed",
+                    print_exception=False,
+                ) from None
             finally:
                 self.pipe.set_sampler(self._base_scheduler)
         nfe = getattr(out, "nfe", None)
@@ -360,9 +499,9 @@ class SiTDemo:
             "mode": mode,
             "solver": solver,
             "steps": max(1, min(int(steps), MAX_STEPS)),
-            "guidance_scale": max(1.0, min(float(guidance), MAX_GUIDANCE)),
+            "guidance_scale": max(1.0, min(float(guidance), self.max_guidance)),
             "diffusion_form": form if form in DIFFUSION_FORMS else "sigma",
-            "diffusion_norm": float(cfg.get("diffusion_norm", 1.0)),
+            "diffusion_norm": max(0.0, min(float(cfg.get("diffusion_norm", 1.0)), MAX_DIFFUSION_NORM)),
         }
 
     def example_rows(self) -> list[list[Any]]:
@@ -379,7 +518,10 @@ class SiTDemo:
             ]
         ):
             picks = [ids[(2 * k) % len(ids)], ids[(2 * k + 1) % len(ids)]]
-            rows.append([picks, 4, mode, solver, min(steps, MAX_STEPS), scale, 0.0, 1.0, "sigma", 1.0, k])
+            rows.append(
+                [picks, min(4, MAX_IMAGES), mode, solver, min(steps, MAX_STEPS), min(scale, self.max_guidance),
+                 0.0, 1.0, "sigma", 1.0, k]
+            )  # fmt: skip
         return rows
 
 
@@ -443,7 +585,12 @@ def build_demo(demo_state: SiTDemo, note: str | None = None) -> gr.Blocks:
                     solver = gr.Dropdown(list(SOLVERS[start["mode"]]), value=start["solver"], label="Solver")
                 steps = gr.Slider(1, MAX_STEPS, value=start["steps"], step=1, label="Steps")
                 guidance_scale = gr.Slider(
-                    1.0, MAX_GUIDANCE, value=start["guidance_scale"], step=0.1, label="Guidance scale"
+                    1.0,
+                    MAX_GUIDANCE,
+                    value=start["guidance_scale"],
+                    step=0.1,
+                    label="Guidance scale",
+                    interactive=demo_state.max_guidance > 1.0,  # a model without a null class cannot guide
                 )
                 with gr.Row():
                     interval_start = gr.Slider(0.0, 1.0, value=0.0, step=0.01, label="Guidance from t =")
@@ -453,7 +600,10 @@ def build_demo(demo_state: SiTDemo, note: str | None = None) -> gr.Blocks:
                         list(DIFFUSION_FORMS), value=start["diffusion_form"], label="Diffusion form"
                     )
                     diffusion_norm = gr.Number(
-                        value=start["diffusion_norm"], minimum=0.0, maximum=10.0, label="Diffusion norm"
+                        value=start["diffusion_norm"],
+                        minimum=0.0,
+                        maximum=MAX_DIFFUSION_NORM,
+                        label="Diffusion norm",
                     )
                 with gr.Row():
                     seed = gr.Number(value=0, minimum=0, maximum=MAX_SEED, precision=0, label="Seed")
@@ -490,19 +640,20 @@ def build_demo(demo_state: SiTDemo, note: str | None = None) -> gr.Blocks:
 
         mode.change(on_mode, inputs=mode, outputs=[solver, sde_row], api_visibility="private", queue=False)
 
-        generate_fn = demo_state.generate
-        if spaces is not None:  # ZeroGPU: a GPU is attached for the duration of each call
-            generate_fn = spaces.GPU(duration=120)(generate_fn)
-
+        # preprocess=False: the raw values reach generate, which checks them all (gradio's own checks would
+        # answer the API's text, NaN or 2.7 with a bare "Error", round a seed silently, and refuse an SDE
+        # solver when the page starts in ODE); generate runs the sampler under ZeroGPU's GPU only once valid.
         run.click(
-            generate_fn,
+            demo_state.generate,
             inputs=[*inputs, randomize],
+            preprocess=False,
             outputs=[gallery, info, seed],
             show_progress_on=[gallery],
             api_name="generate",
             api_description="Generate images: classes (ids or names), number of images, mode, solver, steps, "
             "guidance scale, guidance interval start/end, diffusion form, diffusion norm, seed, randomize seed. "
-            "Returns (gallery, info text with NFE and wall time, seed used).",
+            "Returns (gallery, info text with NFE and wall time, seed used). A bad value is refused before any "
+            "work with an error naming the control, the value and what is allowed.",
             concurrency_limit=CONCURRENCY,
             concurrency_id="generate",
         )

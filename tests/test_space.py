@@ -308,16 +308,16 @@ def test_validate_request_cycles_classes_and_normalises(app):
         ({"classes": []}, "Pick at least one class"),
         ({"classes": ["12"]}, "out of range"),
         ({"classes": ["tree"]}, "Unknown class name 'tree'"),
-        ({"num_images": 0}, "Number of images must be between 1 and 4"),
-        ({"num_images": 2.5}, "whole number"),
-        ({"steps": MAX_STEPS + 1}, f"Steps must be between 1 and {MAX_STEPS}"),
-        ({"mode": "DDIM"}, "Sampler mode must be one of ODE, SDE"),
+        ({"num_images": 0}, "Number of images must be a whole number between 1 and 4, got 0."),
+        ({"num_images": 2.5}, "Number of images must be a whole number between 1 and 4, got 2.5."),
+        ({"steps": MAX_STEPS + 1}, f"Steps must be a whole number between 1 and {MAX_STEPS}, got {MAX_STEPS + 1}."),
+        ({"mode": "DDIM"}, "Sampler mode must be one of ODE, SDE, got 'DDIM'."),
         ({"mode": "SDE", "solver": "dopri5"}, "not available for SDE"),
-        ({"guidance_scale": 0.5}, "Guidance scale must be between 1 and 20"),
-        ({"guidance_scale": float("nan")}, "finite number"),
+        ({"guidance_scale": 0.5}, "Guidance scale must be a number between 1 and 20, got 0.5."),
+        ({"guidance_scale": float("nan")}, "Guidance scale must be a number between 1 and 20, got nan."),
         ({"interval_start": 0.8, "interval_end": 0.2}, "0 <= start <= end <= 1"),
-        ({"diffusion_form": "inccreasing-decreasing"}, "Diffusion form must be one of"),
-        ({"seed": -1}, "Seed must be between 0"),
+        ({"diffusion_form": "inccreasing-decreasing"}, "Did you mean 'increasing-decreasing'?"),
+        ({"seed": -1}, "Seed must be a whole number between 0"),
     ],
 )
 def test_validate_request_rejects_bad_values(app, override, message):
@@ -445,8 +445,11 @@ def test_zero_gpu_wraps_generate_with_spaces_gpu(tiny_pipe):
     assert zero_app.pick_device() == "cuda" or os.environ.get("SIT_DEVICE")
     demo = zero_app.build_demo(zero_app.SiTDemo(tiny_pipe, "tiny", "cpu"))
     fn = next(f.fn for f in demo.fns.values() if f.api_name == "generate")
+    with pytest.raises(gr.Error, match="Steps must be a whole number"):
+        fn(*generate_args(steps=-1))
+    assert calls == []  # a bad request is refused before a GPU is attached
     images, info, seed = fn(*generate_args(steps=2))
-    assert calls and len(images) == 1 and "NFE: " in info and seed == 0
+    assert calls == [120] and len(images) == 1 and "NFE: " in info and seed == 0
 
 
 def test_space_card_front_matter_matches_the_repo():
@@ -529,14 +532,42 @@ def test_api_randomize_seed_and_class_names(client):
         ({"interval_start": 0.7, "interval_end": 0.2}, "Guidance interval must satisfy 0 <= start <= end <= 1"),
         ({"classes": ["cat"]}, "Unknown class name 'cat'"),
         ({"mode": "SDE", "solver": "dopri5"}, "Solver 'dopri5' is not available for SDE"),
-        ({"steps": 1000}, f"greater than maximum value {MAX_STEPS}"),  # gradio's own slider bound
-        ({"num_images": MAX_IMAGES + 1}, f"greater than maximum value {MAX_IMAGES}"),
+        ({"steps": 1000}, f"Steps must be a whole number between 1 and {MAX_STEPS}, got 1000."),
+        ({"num_images": MAX_IMAGES + 1}, f"Number of images must be a whole number between 1 and {MAX_IMAGES}"),
+        # what the page's widgets never send but an API caller can (gradio's own checks used to answer these
+        # with a bare "Error", or round 2.7 silently)
+        ({"steps": "abc"}, f"Steps must be a whole number between 1 and {MAX_STEPS}, got 'abc'."),
+        ({"steps": 2.7}, f"Steps must be a whole number between 1 and {MAX_STEPS}, got 2.7."),
+        ({"seed": 2.7}, "Seed must be a whole number between 0 and 2147483647, got 2.7."),
+        ({"seed": 2**63}, f"Seed must be a whole number between 0 and 2147483647, got {2**63}."),
+        ({"mode": "DDIM"}, "Sampler mode must be one of ODE, SDE, got 'DDIM'."),
+        ({"classes": []}, "Pick at least one class."),
+        ({"randomize_seed": "yes"}, "Randomize seed must be true or false, got 'yes'."),
     ],
 )
 def test_api_bad_values_give_the_error_text(client, override, message):
     with pytest.raises(AppError, match=re.escape(message)) as err:
         client.predict(*generate_args(**override), api_name="/generate")
     assert "Traceback" not in str(err.value)
+
+
+def test_raw_http_nan_and_inf_are_refused_by_name(server):
+    """gradio_client will not send NaN/inf (not JSON), but a raw POST to the /call endpoint can."""
+    body = '{"data": [["3"], 1, "ODE", "heun", 6, NaN, 0.0, 1.0, "sigma", Infinity, 0, false]}'
+    post = urllib.request.Request(
+        server.url + "gradio_api/call/generate", data=body.encode(), headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(post, timeout=30) as resp:
+        event_id = json.loads(resp.read())["event_id"]
+    with urllib.request.urlopen(server.url + f"gradio_api/call/generate/{event_id}", timeout=60) as resp:
+        stream = resp.read().decode()
+    assert "event: error" in stream and "Guidance scale must be a number between 1 and 20, got nan." in stream, stream
+
+
+def test_api_takes_mode_and_solver_in_any_case(client):
+    """The API reaches our validation, not gradio's choice lists: "sde" / "HEUN" are the SDE Heun sampler."""
+    gallery, info, _ = client.predict(*generate_args(mode="sde", solver="HEUN", steps=2), api_name="/generate")
+    assert len(gallery) == 1 and "SDE heun, 2 steps" in info
 
 
 def test_twenty_concurrent_requests_complete_or_are_refused(server, client):
@@ -670,7 +701,7 @@ def test_space_made_no_network_calls(server):
     """From start-up through every request above, the server connected to nothing but localhost."""
     assert server.alive()
     assert server.net_log.read_text() == "", server.net_log.read_text()
-    # the only exceptions logged are gradio's own bound checks (gr.Error), never a crash
+    # bad requests are refused without a log line (RequestError has print_exception=False); never a crash
     log = server.log.read_text()
     crashes = re.findall(r"^(?!gradio\.exceptions\.Error)[\w.]+(?:Error|Exception)\b.*$", log, flags=re.M)
     assert not crashes, log[-4000:]
