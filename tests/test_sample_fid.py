@@ -1,20 +1,25 @@
 """FID evaluation: the ADM metrics (against analytic values and brute-force references), the extractors, the
-ADM ``.npz`` format, and ``training/sample_fid.py`` under 1 and 2 processes with resume after SIGKILL."""
+ADM ``.npz`` format, and ``training/sample_fid.py`` under 1 and 2 processes with resume after SIGKILL, its
+refusals (other weights or settings), corrupt PNGs, NaN images and a table of bad inputs."""
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 import warnings
+from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from tiny_hub_repo import REPO_ROOT, build_tiny_repo
 
 from sit_diffusers.fid import (
@@ -260,6 +265,40 @@ def _pngs(out: Path) -> list[str]:
     return sorted(p.name for p in (out / "samples").glob("*.png"))
 
 
+def _run(*argv: str) -> dict:
+    """``sample_fid.py`` in this process, through its checks: the result dict."""
+    return sample_fid.run(sample_fid.parse_args(list(argv)))
+
+
+def _main(argv: list[str], capsys) -> tuple[int, str]:
+    """``sample_fid.main(argv)`` in this process: (exit status, stderr)."""
+    capsys.readouterr()
+    code = sample_fid.main(argv)
+    return code, capsys.readouterr().err
+
+
+def _snapshot(root: Path) -> dict[str, tuple]:
+    """Every file and folder under ``root``: (size, mtime, sha256) of files, None for folders."""
+    import hashlib
+
+    state = {}
+    for p in sorted(root.rglob("*")):
+        rel = str(p.relative_to(root))
+        if p.is_dir():
+            state[rel] = None
+        else:
+            stat = p.stat()
+            state[rel] = (stat.st_size, stat.st_mtime_ns, hashlib.sha256(p.read_bytes()).hexdigest())
+    return state
+
+
+def _save_tiny_inception(path: Path) -> Path:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit is deprecated, the published port is not
+        torch.jit.save(torch.jit.script(_TinyInception()), str(path))
+    return path
+
+
 @pytest.fixture(scope="module")
 def tiny_pipeline(tmp_path_factory) -> Path:
     return build_tiny_repo(tmp_path_factory.mktemp("fidrepo") / "SiT-tiny-fixture").folder
@@ -269,14 +308,11 @@ def tiny_pipeline(tmp_path_factory) -> Path:
 def one_process(tiny_pipeline, tmp_path_factory):
     """An uninterrupted single-process run (in this process) with metrics against a random reference."""
     root = tmp_path_factory.mktemp("one")
-    weights = root / "inception.pt"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit is deprecated, the published port is not
-        torch.jit.save(torch.jit.script(_TinyInception()), str(weights))
+    weights = _save_tiny_inception(root / "inception.pt")
     reference = save_npz_images(root / "ref.npz", np.random.default_rng(8).integers(0, 256, (8, 16, 16, 3), np.uint8))
     out = root / "run"
-    result = sample_fid.main(["--pipeline", str(tiny_pipeline), "--out", str(out), *RUN_ARGS,
-                              "--reference", str(reference), "--inception-weights", str(weights)])
+    result = _run("--pipeline", str(tiny_pipeline), "--out", str(out), *RUN_ARGS,
+                  "--reference", str(reference), "--inception-weights", str(weights))
     return out, result
 
 
@@ -291,6 +327,11 @@ def test_one_process_run_writes_pngs_npz_and_metrics(one_process):
     assert metrics["num_samples"] == 5 and metrics["num_reference"] == 8
     assert metrics["fid"] > 0 and 0 <= metrics["precision"] <= 1 and 0 <= metrics["recall"] <= 1
     assert metrics["inception_score"] >= 1.0
+    record = json.loads((out / "run.json").read_text())
+    identity = record["identity"]
+    assert len(identity["weights_sha256"]) == 64 and identity["scheduler"]["mode"] == "sde"
+    assert (identity["num_inference_steps"], identity["guidance_scale"], identity["seed"]) == (4, 2.0, 3)
+    assert "pipeline" not in identity  # a run is its content, not a path
 
 
 def test_two_processes_write_the_same_npz(one_process, tiny_pipeline, tmp_path):
@@ -300,6 +341,8 @@ def test_two_processes_write_the_same_npz(one_process, tiny_pipeline, tmp_path):
     assert proc.returncode == 0, log[-3000:]
     assert "process 1/2" in log  # really two processes
     np.testing.assert_array_equal(load_npz_images(out / "samples.npz"), load_npz_images(one_process[0] / "samples.npz"))
+    assert json.loads((out / "run.json").read_text())["identity"] == \
+        json.loads((one_process[0] / "run.json").read_text())["identity"]
 
 
 def test_resume_after_sigkill_neither_duplicates_nor_loses_images(one_process, tiny_pipeline, tmp_path):
@@ -320,31 +363,223 @@ def test_resume_after_sigkill_neither_duplicates_nor_loses_images(one_process, t
     (out / "samples" / "000003.png").unlink()
     (out / "samples" / ".000003.png.tmp12345").write_bytes(b"\x89PNG truncated")
 
-    result = sample_fid.main(["--pipeline", str(tiny_pipeline), "--out", str(out), *RUN_ARGS])
+    result = _run("--pipeline", str(tiny_pipeline), "--out", str(out), *RUN_ARGS)
     assert (result["skipped"], result["generated"]) == (1, 2)  # batch 0 kept, batches 1 and 2 sampled
     assert _pngs(out) == [f"{i:06d}.png" for i in range(5)]
     assert not list((out / "samples").glob(".*"))
     np.testing.assert_array_equal(load_npz_images(out / "samples.npz"), load_npz_images(one_process[0] / "samples.npz"))
 
 
-def test_missing_reference_or_weights_fail_before_sampling(tiny_pipeline, tmp_path, monkeypatch):
+def test_corrupt_or_wrong_size_png_is_named_and_sampled_again(one_process, tiny_pipeline, tmp_path, caplog):
+    out = tmp_path / "run"
+    shutil.copytree(one_process[0], out)
+    (out / "samples.npz").unlink()
+    torn = out / "samples" / "000001.png"  # batch 0: a torn file (half its bytes)
+    torn.write_bytes(torn.read_bytes()[: torn.stat().st_size // 2])
+    small = out / "samples" / "000004.png"  # batch 2: a picture of the wrong size
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(small)
+    caplog.set_level(logging.WARNING, logger="sample_fid")
+    result = _run("--pipeline", str(tiny_pipeline), "--out", str(out), *RUN_ARGS)
+    assert (result["skipped"], result["generated"]) == (1, 2)  # batch 1 kept; 0 and 2 sampled again whole
+    warned = "\n".join(r.getMessage() for r in caplog.records)
+    assert str(torn) in warned and "unreadable" in warned
+    assert str(small) in warned and "8 x 8 pixels, expected 16 x 16" in warned
+    np.testing.assert_array_equal(load_npz_images(out / "samples.npz"), load_npz_images(one_process[0] / "samples.npz"))
+
+
+def test_resume_with_other_weights_or_settings_is_refused(one_process, tiny_pipeline, tmp_path, capsys):
+    from safetensors.torch import load_file, save_file
+
+    pipe_copy = tmp_path / "moved-pipeline"
+    shutil.copytree(tiny_pipeline, pipe_copy)
+    out = tmp_path / "run"
+    shutil.copytree(one_process[0], out)
+    # The same weights under another path: the same run (identified by content), nothing left to do.
+    assert _run("--pipeline", str(pipe_copy), "--out", str(out), *RUN_ARGS)["generated"] == 0
+
+    before = _snapshot(tmp_path / "run")
+    code, err = _main(["--pipeline", str(pipe_copy), "--out", str(out), *RUN_ARGS, "--guidance-scale", "4"], capsys)
+    assert code == 2 and "other settings" in err and "guidance_scale: 2.0 -> 4.0" in err and str(out) in err
+    code, err = _main(["--pipeline", str(pipe_copy), "--out", str(out), *RUN_ARGS, "--preset", "sde-heun"], capsys)
+    assert code == 2 and "scheduler" in err and "'heun'" in err
+
+    weights = pipe_copy / "transformer" / "diffusion_pytorch_model.safetensors"
+    state = load_file(str(weights))
+    key = sorted(state)[0]
+    state[key] = state[key] + 1e-3  # one tensor nudged: another model
+    save_file(state, str(weights))
+    code, err = _main(["--pipeline", str(pipe_copy), "--out", str(out), *RUN_ARGS], capsys)
+    assert code == 2 and "other weights" in err and "sha256" in err and "mix two models" in err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert _snapshot(tmp_path / "run") == before
+
+
+def _nan_forward(monkeypatch):
+    """Make every transformer prediction NaN (as a diverged model or an fp16 overflow would)."""
+    from sit_diffusers.modeling_sit import SiTTransformer2DModel
+
+    forward = SiTTransformer2DModel.forward
+
+    def nan_forward(self, *args, **kwargs):
+        out = forward(self, *args, **kwargs)
+        out.sample.fill_(float("nan"))
+        return out
+
+    monkeypatch.setattr(SiTTransformer2DModel, "forward", nan_forward)
+
+
+def test_nan_images_exit_1_and_write_nothing_and_lock_nothing(one_process, tiny_pipeline, tmp_path, capsys,
+                                                               monkeypatch):
+    from sit_diffusers.pipeline_sit import SiTPipeline
+
+    out = tmp_path / "run"
+    argv = ["--pipeline", str(tiny_pipeline), "--out", str(out), *RUN_ARGS]
+    with monkeypatch.context() as patch:
+        _nan_forward(patch)
+        code, err = _main([*argv, "--guidance-scale", "5"], capsys)
+    assert code == 1 and "nan" in err.lower() and err.count("\n") == 1 and "Traceback" not in err
+    assert not out.exists()  # no PNG of NaN garbage, no run.json: the folder is not claimed
+
+    # NaN in the second batch only: the first batch's PNGs are kept, nothing of the second is written
+    calls = []
+    call = SiTPipeline.__call__
+
+    def nan_on_second_batch(self, *args, **kwargs):
+        result = call(self, *args, **kwargs)
+        calls.append(1)
+        if len(calls) == 2:
+            result.images[0, 0, 0, 0] = np.nan
+        return result
+
+    with monkeypatch.context() as patch:
+        patch.setattr(SiTPipeline, "__call__", nan_on_second_batch)
+        code, err = _main(argv, capsys)  # other settings than the failed run above: accepted
+    assert code == 1 and "images 2..3" in err and "nan" in err.lower()
+    assert _pngs(out) == ["000000.png", "000001.png"] and not (out / "samples.npz").exists()
+    # the resume samples what is missing; the result is the uninterrupted run's, bit for bit
+    assert sample_fid.main(argv) == 0
+    np.testing.assert_array_equal(load_npz_images(out / "samples.npz"), load_npz_images(one_process[0] / "samples.npz"))
+
+
+def test_run_file_without_samples_locks_nothing(tiny_pipeline, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "run.json").write_text(json.dumps({"format": 2, "identity": {"weights_sha256": "0" * 64}}))
+    result = _run("--pipeline", str(tiny_pipeline), "--out", str(out), "--num-samples", "2", "--batch-size", "2",
+                  "--num-inference-steps", "2", "--num-threads", "1")
+    assert result["generated"] == 1
+    assert json.loads((out / "run.json").read_text())["identity"]["weights_sha256"] != "0" * 64
+
+
+# Bad input: each case exits 2 with one line naming the flag and the value, and writes nothing. ``{...}`` are
+# paths made by the ``bad_files`` fixture; every case starts from a finished run in ``{tmp}/run``.
+BASE = ["--pipeline", "{pipe}", "--out", "{tmp}/run", "--num-samples", "2", "--batch-size", "2",
+        "--num-inference-steps", "2", "--num-threads", "1"]
+BAD_INPUTS = [
+    pytest.param(["--num-samples", "0"], ["--num-samples", "0"], id="num-samples-0"),
+    pytest.param(["--num-samples", "-5"], ["--num-samples", "-5"], id="num-samples-negative"),
+    pytest.param(["--num-samples", "2.5"], ["--num-samples", "2.5"], id="num-samples-float"),
+    pytest.param(["--batch-size", "0"], ["--batch-size", "0"], id="batch-size-0"),
+    pytest.param(["--batch-size", "x"], ["--batch-size", "'x'"], id="batch-size-text"),
+    pytest.param(["--seed", "-1"], ["--seed", "-1"], id="seed-negative"),
+    pytest.param(["--seed", str(2**64)], ["--seed", str(2**64)], id="seed-too-big"),
+    pytest.param(["--num-inference-steps", "0"], ["--num-inference-steps", "0"], id="steps-0"),
+    pytest.param(["--num-inference-steps", "2.7"], ["--num-inference-steps", "2.7"], id="steps-float"),
+    pytest.param(["--guidance-scale", "nan"], ["--guidance-scale", "nan"], id="guidance-nan"),
+    pytest.param(["--guidance-scale", "inf"], ["--guidance-scale", "inf"], id="guidance-inf"),
+    pytest.param(["--guidance-scale", "-1"], ["--guidance-scale", "-1"], id="guidance-negative"),
+    pytest.param(["--guidance-channels", "0"], ["--guidance-channels", "'0'"], id="channels-0"),
+    pytest.param(["--guidance-channels", "three"], ["--guidance-channels", "'three'"], id="channels-text"),
+    pytest.param(["--guidance-channels", "5"], ["--guidance-channels 5", "4 channels"], id="channels-too-many"),
+    pytest.param(["--preset", "sde-eular"], ["--preset", "'sde-eular'", "did you mean 'sde-euler'"], id="preset"),
+    pytest.param(["--labels", "uniform"], ["--labels", "'uniform'"], id="labels"),
+    pytest.param(["--dtype", "float64"], ["--dtype", "'float64'"], id="dtype"),
+    pytest.param(["--extractor", "clip"], ["--extractor", "'clip'"], id="extractor"),
+    pytest.param(["--num-threads", "0"], ["--num-threads", "0"], id="threads-0"),
+    pytest.param(["--batch-delay", "-1"], ["--batch-delay", "-1"], id="delay-negative"),
+    pytest.param(["--batch-delay", "nan"], ["--batch-delay", "nan"], id="delay-nan"),
+    pytest.param(["--nmu-samples", "3"], ["--nmu-samples", "3"], id="unknown-flag"),
+    pytest.param(["--pipeline", "{tmp}/nowhere"], ["--pipeline", "{tmp}/nowhere"], id="pipeline-missing"),
+    pytest.param(["--pipeline", "{files}"], ["--pipeline", "{files}", "model_index.json"], id="pipeline-not-one"),
+    pytest.param(["--pipeline", "{files}/not-zip.npz"], ["--pipeline", "not-zip.npz"], id="pipeline-file"),
+    pytest.param(["--pipeline", "org/no-such-model"], ["--pipeline", "'org/no-such-model'", "Hub cache"],
+                 id="pipeline-not-cached-offline"),
+    pytest.param(["--out", "{tmp}/a-file"], ["--out", "a-file", "not a folder"], id="out-is-a-file"),
+    pytest.param(["--out", "{tmp}/a-file/run"], ["--out", "a-file/run", "not a folder"], id="out-under-a-file"),
+    pytest.param(["--reference", "{tmp}/none.npz"], ["--reference", "none.npz", "does not exist"], id="ref-missing"),
+    pytest.param(["--reference", "{files}"], ["--reference", "is a folder"], id="ref-folder"),
+    pytest.param(["--reference", "{files}/not-zip.npz"], ["--reference", "not-zip.npz", "not a readable .npz"],
+                 id="ref-not-npz"),
+    pytest.param(["--reference", "{files}/no-arr0.npz"], ["--reference", "no-arr0.npz", "'arr_0'"], id="ref-no-arr0"),
+    pytest.param(["--reference", "{files}/float.npz"], ["--reference", "float.npz", "float32"], id="ref-float"),
+    pytest.param(["--reference", "{files}/flat.npz"], ["--reference", "flat.npz", "(4, 16, 16)"], id="ref-3d"),
+    pytest.param(["--reference", "{files}/big.npz", "--inception-weights", "{files}/inception.pt"],
+                 ["--reference", "big.npz", "32 x 32", "16 x 16"], id="ref-wrong-size"),
+    pytest.param(["--reference", "{files}/ref.npz", "--extractor", "digits"],
+                 ["--reference", "ref.npz", "16 x 16", "--extractor digits"], id="ref-vs-digits"),
+    pytest.param(["--reference", "{files}/ref.npz"], ["--inception-weights", "SIT_FID_INCEPTION", "docs/fid.md"],
+                 id="weights-none"),
+    pytest.param(["--reference", "{files}/ref.npz", "--inception-weights", "{tmp}/inc.pt"],
+                 ["--inception-weights", "inc.pt", "does not exist"], id="weights-missing"),
+    pytest.param(["--reference", "{files}/ref.npz", "--inception-weights", "{files}/not-zip.npz"],
+                 ["--inception-weights", "not-zip.npz", "could not be loaded"], id="weights-garbage"),
+]
+
+
+@pytest.fixture(scope="module")
+def bad_files(tmp_path_factory) -> Path:
+    """References and weights, good and bad, for the bad-input table."""
+    files = tmp_path_factory.mktemp("bad-files")
+    rng = np.random.default_rng(11)
+    save_npz_images(files / "ref.npz", rng.integers(0, 256, (4, 16, 16, 3), np.uint8))
+    save_npz_images(files / "big.npz", rng.integers(0, 256, (4, 32, 32, 3), np.uint8))
+    np.savez(files / "float.npz", arr_0=np.zeros((4, 16, 16, 3), np.float32))
+    np.savez(files / "flat.npz", arr_0=np.zeros((4, 16, 16), np.uint8))
+    np.savez(files / "no-arr0.npz", images=np.zeros((4, 16, 16, 3), np.uint8))
+    (files / "not-zip.npz").write_bytes(b"this is not a zip archive")
+    _save_tiny_inception(files / "inception.pt")
+    return files
+
+
+@pytest.mark.parametrize(("args", "expected"), BAD_INPUTS)
+def test_bad_input_exits_2_names_it_and_writes_nothing(args, expected, one_process, tiny_pipeline, bad_files,
+                                                       tmp_path, capsys, monkeypatch):
+    import huggingface_hub.constants as hf_constants
+
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path / "hub-cache"))
     monkeypatch.delenv("SIT_FID_INCEPTION", raising=False)
-    base = ["--pipeline", str(tiny_pipeline), "--out", str(tmp_path / "run"), *RUN_ARGS]
-    with pytest.raises(SystemExit, match="does not exist"):
-        sample_fid.main([*base, "--reference", str(tmp_path / "nope.npz")])
-    ref = save_npz_images(tmp_path / "ref.npz", np.zeros((4, 16, 16, 3), np.uint8))
-    with pytest.raises(SystemExit, match="docs/fid.md"):
-        sample_fid.main([*base, "--reference", str(ref), "--inception-weights", ""])
-    assert not (tmp_path / "run" / "samples").exists() or not _pngs(tmp_path / "run")
+    shutil.copytree(one_process[0], tmp_path / "run")  # bad input must not touch a finished run either
+    (tmp_path / "a-file").write_text("a file, not a folder")
+    paths = {"pipe": str(tiny_pipeline), "tmp": str(tmp_path), "files": str(bad_files)}
+    argv = [a.format(**paths) for a in [*BASE, *args]]
+    before = _snapshot(tmp_path)
+    code, err = _main(argv, capsys)
+    assert code == 2, err
+    assert err.startswith("sample_fid.py: error: ") and err.count("\n") == 1 and "Traceback" not in err
+    for text in expected:
+        assert text.format(**paths) in err
+    assert _snapshot(tmp_path) == before
 
 
-def test_resume_with_other_settings_is_refused(tmp_path):
-    cfg = sample_fid.parse_args(["--pipeline", "p", "--out", str(tmp_path), *RUN_ARGS])
-    sample_fid.check_run_file(tmp_path, cfg)
-    sample_fid.check_run_file(tmp_path, cfg)  # same settings: fine
-    other = sample_fid.parse_args(["--pipeline", "p", "--out", str(tmp_path), *RUN_ARGS, "--guidance-scale", "4"])
-    with pytest.raises(SystemExit, match="guidance_scale"):
-        sample_fid.check_run_file(tmp_path, other)
+def test_python_api_checks_its_arguments_too():
+    from sit_diffusers.validation import InputError
+
+    with pytest.raises(InputError, match="--batch-size must be an integer, got 2.5"):
+        sample_fid.SampleConfig(pipeline="p", out="o", batch_size=2.5)
+    with pytest.raises(InputError, match="--guidance-channels"):
+        sample_fid.SampleConfig(pipeline="p", out="o", guidance_channels=True)
+    assert sample_fid.SampleConfig(pipeline="p", out="o", guidance_channels=3).channels == 3
+
+
+def test_help_lists_every_flag_with_its_default(capsys):
+    with pytest.raises(SystemExit) as info:
+        sample_fid.main(["--help"])
+    assert info.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    for f in fields(sample_fid.SampleConfig):
+        assert "--" + f.name.replace("_", "-") in text
+    assert "--debug" in text and "(default: 50000)" in text and "(default: all)" in text
 
 
 def test_seeds_labels_and_batches_do_not_depend_on_processes():
@@ -357,8 +592,6 @@ def test_seeds_labels_and_batches_do_not_depend_on_processes():
     assert sample_fid.class_labels(balanced, 10) == [i % 10 for i in range(25)]
     batches = sample_fid.batch_ranges(1000, 7)
     assert [i for r in batches for i in r] == list(range(1000)) and len(batches[-1]) == 1000 % 7
-    with pytest.raises(SystemExit):
-        sample_fid.parse_args(["--pipeline", "p", "--out", "o", "--labels", "uniform"])
 
 
 def test_uint8_conversion_is_the_official_one():

@@ -15,72 +15,149 @@ they do not):
 * images are cut into fixed batches ``[b * B, (b + 1) * B)`` and batch ``b`` runs on process ``b mod P``: a
   batch has the same content whatever ``P``, so the pixels are identical for any number of processes.
 
+Checks at the door: every flag, the pipeline, the ``--reference`` file (its ``arr_0`` header) and the
+Inception weights are checked before the first image is sampled; a bad one exits 2 with one line.
+
 Resume: ``<out>/samples/NNNNNN.png`` is written atomically (temp file + rename) and a batch is skipped when
-all its PNGs exist; a batch cut short is sampled again whole (same pixels). ``<out>/run.json`` records the
-settings, and a resume with different ones is refused. When every PNG exists, the main process writes
-``<out>/samples.npz`` (``arr_0``: uint8 ``(N, H, W, 3)``, grey images repeated to RGB) from the PNGs in
-index order, and with ``--reference`` ``<out>/metrics.json`` (``sit_diffusers.fid``).
+all its PNGs exist and decode to the right size; a batch cut short, or with a corrupt or wrong-size PNG
+(logged with its path), is sampled again whole (same pixels). ``<out>/run.json`` identifies the run by
+content: the sha256 of the transformer's and VAE's configs and weights, the full scheduler config and the
+sampling settings. It is written with the first batch's PNGs, so a run that fails before that locks
+nothing; a resume over existing PNGs with other weights or settings is refused (the ``.npz`` never mixes
+two models). NaN/inf images stop the run with exit status 1 before anything of their batch is written.
+When every PNG exists, the main process writes ``<out>/samples.npz`` (``arr_0``: uint8 ``(N, H, W, 3)``,
+grey images repeated to RGB) from the PNGs in index order, and with ``--reference`` ``<out>/metrics.json``
+(``sit_diffusers.fid``).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import os
 import sys
 import time
+import zipfile
+from collections.abc import Sequence
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Literal, get_args, get_origin, get_type_hints
+from typing import Any, Literal, NoReturn, get_args, get_origin, get_type_hints
 
 import numpy as np
 import torch
 from PIL import Image
 
+from sit_diffusers.validation import (
+    InputError,
+    NonFiniteError,
+    check_choice,
+    check_finite_tensor,
+    check_float,
+    check_int,
+    check_seed,
+    check_writable_dir,
+    run_cli,
+)
+
 logger = logging.getLogger("sample_fid")
 
+PROG = "sample_fid.py"
 SAMPLES_DIR = "samples"
 RUN_FILE = "run.json"
 NPZ_FILE = "samples.npz"
 METRICS_FILE = "metrics.json"
+RUN_FILE_FORMAT = 2
+"""Version of ``run.json``: 2 identifies a run by a hash of the weights (1 recorded the pipeline path)."""
+DIGITS_SIZE = (28, 28)
+"""Image size the ``digits`` extractor takes."""
 
 
 def _opt(default: Any, help: str) -> Any:
     return field(default=default, metadata={"help": help})
 
 
+def _sampler_presets() -> dict[str, Any]:
+    from sit_diffusers.scheduling_sit import SAMPLER_PRESETS
+
+    return SAMPLER_PRESETS
+
+
 @dataclass(frozen=True)
 class SampleConfig:
-    """Settings of one sampling run (``--flag`` per field)."""
+    """Settings of one sampling run (``--flag`` per field); checked on construction (:class:`InputError`,
+    naming the flag)."""
 
     pipeline: str = field(metadata={"help": "SiTPipeline folder or Hub repo id"})
     out: str = field(metadata={"help": "output folder (samples/, run.json, samples.npz, metrics.json)"})
-    num_samples: int = _opt(50_000, "number of images")
-    batch_size: int = _opt(32, "images per batch and process (part of the settings: fixes the batches)")
-    seed: int = _opt(0, "global seed: labels and the per-image generators derive from it")
+    num_samples: int = _opt(50_000, "number of images (>= 1)")
+    batch_size: int = _opt(32, "images per batch and process (>= 1; part of the settings: fixes the batches)")
+    seed: int = _opt(0, "global seed in [0, 2**64): labels and the per-image generators derive from it")
     labels: Literal["random", "balanced"] = _opt("random", "random classes (seeded) or i mod num_classes")
     preset: str | None = _opt(None, "SAMPLER_PRESETS name; default: the pipeline's saved sampler")
-    num_inference_steps: int | None = _opt(None, "sampler steps; default: the preset's / pipeline's")
-    guidance_scale: float = _opt(1.0, "classifier-free guidance scale (1: off)")
-    guidance_channels: str = _opt("all", "'all' or k: guide channels [0, k) (3 = official forward_with_cfg)")
+    num_inference_steps: int | None = _opt(None, "sampler steps (>= 1); default: the preset's / pipeline's")
+    guidance_scale: float = _opt(1.0, "classifier-free guidance scale, finite >= 0 (1: off)")
+    guidance_channels: str = _opt("all", "'all' or k >= 1: guide channels [0, k) (3 = official forward_with_cfg)")
     dtype: Literal["float32", "bfloat16", "float16"] = _opt("float32", "dtype of the transformer and VAE")
     reference: str | None = _opt(None, "ADM .npz of real images: compute FID / IS / precision / recall")
     extractor: Literal["inception", "digits"] = _opt("inception", "feature extractor of the metrics")
-    inception_weights: str | None = _opt(None, "FID Inception file (TorchScript .pt or .pkl), docs/fid.md")
-    num_threads: int | None = _opt(None, "torch CPU threads per process (fix it for bitwise reproducibility)")
-    batch_delay: float = _opt(0.0, "seconds to wait after each batch (lets tests interrupt a run)")
+    inception_weights: str | None = _opt(
+        None, "FID Inception file (TorchScript .pt or .pkl), default $SIT_FID_INCEPTION; docs/fid.md"
+    )
+    num_threads: int | None = _opt(None, "torch CPU threads per process, >= 1 (fix it for bitwise reproducibility)")
+    batch_delay: float = _opt(0.0, "seconds (>= 0) to wait after each batch (lets tests interrupt a run)")
 
-    def sampling_settings(self) -> dict[str, Any]:
-        """What determines the pixels; a resume must match it exactly."""
-        keys = ("pipeline", "num_samples", "batch_size", "seed", "labels", "preset", "num_inference_steps",
-                "guidance_scale", "guidance_channels", "dtype")
-        return {k: getattr(self, k) for k in keys}
+    def __post_init__(self) -> None:
+        for name in ("pipeline", "out"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or not value.strip():
+                raise InputError(f"{_flag(name)} must be a non-empty path or repo id, got {value!r}")
+        check_int("--num-samples", self.num_samples, minimum=1)
+        check_int("--batch-size", self.batch_size, minimum=1)
+        check_seed("--seed", self.seed)
+        check_choice("--labels", self.labels, get_args(get_type_hints(SampleConfig)["labels"]))
+        if self.preset is not None:
+            check_choice("--preset", self.preset, _sampler_presets())
+        if self.num_inference_steps is not None:
+            check_int("--num-inference-steps", self.num_inference_steps, minimum=1)
+        object.__setattr__(self, "guidance_scale", check_float("--guidance-scale", self.guidance_scale, minimum=0.0))
+        object.__setattr__(self, "guidance_channels", _check_guidance_channels(self.guidance_channels))
+        check_choice("--dtype", self.dtype, ("float32", "bfloat16", "float16"))
+        check_choice("--extractor", self.extractor, ("inception", "digits"))
+        if self.num_threads is not None:
+            check_int("--num-threads", self.num_threads, minimum=1)
+        object.__setattr__(self, "batch_delay", check_float("--batch-delay", self.batch_delay, minimum=0.0))
+
+    @property
+    def channels(self) -> int | Literal["all"]:
+        """``guidance_channels`` as the pipeline takes it."""
+        return "all" if self.guidance_channels == "all" else int(self.guidance_channels)
 
 
-def parse_args(argv: list[str] | None = None) -> SampleConfig:
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _check_guidance_channels(value: Any) -> str:
+    """``'all'`` or a positive integer (given as int or digit string), as a string."""
+    text = str(value).strip() if isinstance(value, (str, int)) and not isinstance(value, bool) else None
+    if text == "all" or (text is not None and text.isdigit() and int(text) >= 1):
+        return text if text == "all" else str(int(text))
+    raise InputError(f"--guidance-channels must be 'all' or an integer >= 1, got {value!r}")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises :class:`InputError` (one line through ``run_cli``, exit 2) instead of exiting."""
+
+    def error(self, message: str) -> NoReturn:
+        raise InputError(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
     """``--flag`` per :class:`SampleConfig` field, typed from its annotation (``Literal`` -> choices)."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = _Parser(prog=PROG, description=__doc__.split("\n\n")[0],
+                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     hints = get_type_hints(SampleConfig)
     for f in fields(SampleConfig):
         hint = hints[f.name]
@@ -91,16 +168,19 @@ def parse_args(argv: list[str] | None = None) -> SampleConfig:
         else:
             kwargs["type"] = args[0] if args else hint  # X | None -> X
         if f.default is MISSING:
-            kwargs["required"] = True
+            kwargs.update(required=True, default=argparse.SUPPRESS, help=f"{kwargs['help']} (required)")
         else:
             kwargs["default"] = f.default
-        parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, **kwargs)
-    cfg = SampleConfig(**vars(parser.parse_args(argv)))
-    if cfg.guidance_channels != "all" and not cfg.guidance_channels.isdigit():
-        parser.error(f"--guidance-channels must be 'all' or a positive integer, got {cfg.guidance_channels!r}")
-    if cfg.num_samples < 1 or cfg.batch_size < 1:
-        parser.error("--num-samples and --batch-size must be positive")
-    return cfg
+        parser.add_argument(_flag(f.name), dest=f.name, **kwargs)
+    parser.add_argument("--debug", action="store_true", help="print the traceback of an error")
+    return parser
+
+
+def parse_args(argv: Sequence[str] | None = None) -> SampleConfig:
+    """The checked :class:`SampleConfig` of ``argv``; a bad flag or value raises :class:`InputError`."""
+    values = vars(build_parser().parse_args(argv))
+    values.pop("debug")
+    return SampleConfig(**values)
 
 
 # ===========================================================================
@@ -139,25 +219,46 @@ def write_png(path: Path, image: np.ndarray) -> None:
     os.replace(tmp, path)
 
 
+def png_problem(path: Path, geometry: tuple[int, int, int]) -> str | None:
+    """Why the PNG at ``path`` is not a finished image of ``geometry`` ``(H, W, C)`` (``None``: it is).
+
+    It must decode completely (a torn or overwritten file fails here), be ``W x H`` and grey (``C = 1``) or
+    RGB (``C = 3``)."""
+    height, width, channels = geometry
+    mode = "L" if channels == 1 else "RGB"
+    try:
+        with Image.open(path) as pil:
+            if pil.format != "PNG":
+                return f"not a PNG ({pil.format})"
+            if pil.size != (width, height):
+                return f"{pil.size[0]} x {pil.size[1]} pixels, expected {width} x {height}"
+            if pil.mode != mode:
+                return f"mode {pil.mode}, expected {mode}"
+            pil.load()
+    except Exception as err:  # PIL raises OSError, SyntaxError, ValueError, ... for broken files
+        return f"unreadable ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
+    return None
+
+
+def batch_is_done(folder: Path, indices: range, geometry: tuple[int, int, int]) -> bool:
+    """Every PNG of the batch exists and is sound; a bad one is logged with its path (and then sampled again
+    with its whole batch: same pixels as an uninterrupted run)."""
+    for i in indices:
+        path = png_path(folder, i)
+        if not path.is_file():
+            return False
+        problem = png_problem(path, geometry)
+        if problem is not None:
+            logger.warning("corrupt sample %s: %s; sampling its batch %d..%d again",
+                           path, problem, indices.start, indices.stop - 1)
+            return False
+    return True
+
+
 def to_uint8(images: np.ndarray) -> np.ndarray:
     """``[0, 1]`` float ``(N, H, W, C)`` -> uint8 by ``floor(255 x + 0.5)``, which is the official
     ``clamp(127.5 y + 128, 0, 255).to(uint8)`` for ``y = 2 x - 1`` in [-1, 1]."""
     return np.clip(np.floor(np.asarray(images, dtype=np.float64) * 255.0 + 0.5), 0, 255).astype(np.uint8)
-
-
-def check_run_file(out: Path, cfg: SampleConfig) -> None:
-    """Write ``run.json`` on the first run; refuse to resume a folder sampled with other settings."""
-    path = out / RUN_FILE
-    settings = cfg.sampling_settings()
-    if path.is_file():
-        previous = json.loads(path.read_text())
-        if previous != settings:
-            diff = {k: (previous.get(k), v) for k, v in settings.items() if previous.get(k) != v}
-            raise SystemExit(
-                f"{out} holds samples made with other settings (was, now): {diff}. Use another --out."
-            )
-    else:
-        path.write_text(json.dumps(settings, indent=2) + "\n")
 
 
 def remove_stale_temp_files(folder: Path) -> int:
@@ -185,48 +286,262 @@ def assemble_npz(folder: Path, num_samples: int, out_path: Path) -> np.ndarray:
 
 
 # ===========================================================================
+# Checks at the door: files, the pipeline, the run identity
+# ===========================================================================
+
+
+def npz_array_header(path: Path, key: str = "arr_0") -> tuple[tuple[int, ...], np.dtype]:
+    """Shape and dtype of ``key`` in the ``.npz`` at ``path``, from its ``.npy`` header (no data read)."""
+    with zipfile.ZipFile(path) as archive:
+        member = f"{key}.npy"
+        if member not in archive.namelist():
+            keys = sorted(n.removesuffix(".npy") for n in archive.namelist())
+            raise InputError(f"--reference {str(path)!r} has no {key!r} array (it holds {keys}); "
+                             "expected an ADM .npz of uint8 (N, H, W, 3) images")
+        with archive.open(member) as f:
+            version = np.lib.format.read_magic(f)
+            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, _, dtype = read(f)
+    return tuple(shape), np.dtype(dtype)
+
+
+def check_reference(cfg: SampleConfig) -> tuple[int, int, int, int] | None:
+    """``--reference``: a readable ADM ``.npz`` whose ``arr_0`` is uint8 ``(N, H, W, 3 or 1)``; its shape."""
+    if cfg.reference is None:
+        return None
+    path = Path(cfg.reference)
+    if not path.is_file():
+        what = "is a folder" if path.is_dir() else "does not exist"
+        raise InputError(f"--reference {cfg.reference!r} {what}; expected an ADM .npz of real images")
+    if not os.access(path, os.R_OK):
+        raise InputError(f"--reference {cfg.reference!r} is not readable")
+    try:
+        shape, dtype = npz_array_header(path)
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as err:
+        if isinstance(err, InputError):
+            raise
+        raise InputError(f"--reference {cfg.reference!r} is not a readable .npz file "
+                         f"({type(err).__name__}: {err})") from err
+    if dtype != np.uint8 or len(shape) != 4 or shape[-1] not in (1, 3) or shape[0] < 1:
+        raise InputError(f"--reference {cfg.reference!r}: arr_0 is {dtype} {shape}; expected uint8 "
+                         "(N, H, W, 3) images with N >= 1 (the ADM format)")
+    if cfg.extractor == "digits" and tuple(shape[1:3]) != DIGITS_SIZE:
+        raise InputError(f"--reference {cfg.reference!r} holds {shape[1]} x {shape[2]} images; "
+                         f"--extractor digits takes {DIGITS_SIZE[0]} x {DIGITS_SIZE[1]}")
+    return shape  # type: ignore[return-value]
+
+
+def inception_weights_path(cfg: SampleConfig) -> str | None:
+    """The Inception file the metrics will use (``--inception-weights`` or ``$SIT_FID_INCEPTION``), checked
+    to exist; ``None`` when no Inception is needed."""
+    if cfg.reference is None or cfg.extractor != "inception":
+        return None
+    weights = cfg.inception_weights or os.environ.get("SIT_FID_INCEPTION")
+    if not weights:
+        raise InputError("--reference with --extractor inception needs the FID Inception file: pass "
+                         "--inception-weights PATH or set SIT_FID_INCEPTION (docs/fid.md), or use --extractor digits")
+    where = "--inception-weights" if cfg.inception_weights else "SIT_FID_INCEPTION"
+    if not Path(weights).is_file():
+        raise InputError(f"{where} {weights!r} does not exist; see docs/fid.md for the file and where to get it")
+    if not os.access(weights, os.R_OK):
+        raise InputError(f"{where} {weights!r} is not readable")
+    return weights
+
+
+def check_files(cfg: SampleConfig) -> tuple[int, int, int, int] | None:
+    """Everything on disk that can be checked before the pipeline loads; returns the reference's shape."""
+    check_writable_dir("--out", cfg.out)
+    shape = check_reference(cfg)
+    inception_weights_path(cfg)
+    if cfg.pipeline and Path(cfg.pipeline).expanduser().is_file():
+        raise InputError(f"--pipeline {cfg.pipeline!r} is a file; pass a saved pipeline folder or a Hub repo id")
+    return shape
+
+
+def load_pipeline(cfg: SampleConfig):
+    """The pipeline on the CPU, as saved (float32), with ``--preset`` applied; a bad ``--pipeline`` raises
+    :class:`InputError`."""
+    from diffusers.utils import logging as diffusers_logging
+
+    from sit_diffusers.hub import PipelineNotFoundError
+    from sit_diffusers.pipeline_sit import SiTPipeline
+
+    bar = diffusers_logging.is_progress_bar_enabled()
+    diffusers_logging.disable_progress_bar()  # "Loading pipeline components" would garble a one-line error
+    try:
+        pipe = SiTPipeline.from_pretrained(cfg.pipeline)
+    except (PipelineNotFoundError, OSError, ValueError, KeyError) as err:
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise InputError(f"--pipeline {cfg.pipeline!r} could not be loaded: {first}") from err
+    finally:
+        if bar:
+            diffusers_logging.enable_progress_bar()
+    if cfg.preset is not None:
+        pipe.set_sampler(cfg.preset)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def image_geometry(pipe) -> tuple[int, int, int]:
+    """``(H, W, C)`` of the pipeline's images: the transformer's latent size times the VAE's factor."""
+    cfg = pipe.transformer.config
+    if getattr(pipe, "vae", None) is None:
+        return cfg.sample_size, cfg.sample_size, cfg.in_channels
+    factor = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
+    return cfg.sample_size * factor, cfg.sample_size * factor, pipe.vae.config.out_channels
+
+
+def check_against_pipeline(cfg: SampleConfig, pipe, reference_shape: tuple[int, ...] | None) -> None:
+    """The flags that depend on the model: guidance channels and null class, image size vs reference."""
+    tcfg = pipe.transformer.config
+    height, width, channels = image_geometry(pipe)
+    if channels not in (1, 3):
+        raise InputError(f"--pipeline {cfg.pipeline!r} makes {channels}-channel images; sample_fid.py writes "
+                         "grey or RGB PNGs")
+    if cfg.channels != "all" and cfg.channels > tcfg.in_channels:
+        raise InputError(f"--guidance-channels {cfg.channels} exceeds the {tcfg.in_channels} channels of the "
+                         f"transformer of --pipeline {cfg.pipeline!r}; use 1..{tcfg.in_channels} or 'all'")
+    if cfg.guidance_scale != 1.0 and tcfg.class_dropout_prob <= 0:
+        raise InputError(f"--guidance-scale {cfg.guidance_scale} needs the null class, but the transformer of "
+                         f"--pipeline {cfg.pipeline!r} has none (class_dropout_prob=0); use --guidance-scale 1")
+    if reference_shape is not None and tuple(reference_shape[1:3]) != (height, width):
+        raise InputError(f"--reference {cfg.reference!r} holds {reference_shape[1]} x {reference_shape[2]} "
+                         f"images but --pipeline {cfg.pipeline!r} makes {height} x {width} images")
+
+
+def weights_sha256(pipe) -> str:
+    """sha256 of the transformer's and VAE's configs (``_``-keys dropped) and state-dict tensors (key order,
+    name, dtype, shape, raw bytes): what the pixels depend on besides the settings. One pass over the
+    weights (5 s for SiT-XL/2 on one core of the shared 2-core CPU machine)."""
+    digest = hashlib.sha256()
+    for name in ("transformer", "vae"):
+        module = getattr(pipe, name, None)
+        if module is None:
+            digest.update(f"{name}: none\n".encode())
+            continue
+        config = {k: v for k, v in dict(module.config).items() if not k.startswith("_")}
+        digest.update(f"{name}: {json.dumps(config, sort_keys=True, default=str)}\n".encode())
+        for key, tensor in sorted(module.state_dict().items()):
+            t = tensor.detach().cpu().contiguous()
+            digest.update(f"{key} {t.dtype} {tuple(t.shape)}\n".encode())
+            digest.update(t.reshape(-1).view(torch.uint8).numpy().data)
+    return digest.hexdigest()
+
+
+def resolved_steps(cfg: SampleConfig, pipe) -> int:
+    """The step count the sampler will use: ``--num-inference-steps``, else the preset's / pipeline's."""
+    from sit_diffusers.pipeline_sit import FALLBACK_NUM_INFERENCE_STEPS
+
+    if cfg.num_inference_steps is not None:
+        return cfg.num_inference_steps
+    saved = pipe.config.default_num_inference_steps
+    return FALLBACK_NUM_INFERENCE_STEPS if saved is None else int(saved)
+
+
+def run_identity(cfg: SampleConfig, pipe) -> dict[str, Any]:
+    """What determines the pixels (a resume must match it exactly): the weights' hash, the full scheduler
+    config and the sampling settings. The pipeline's path is not part of it (a moved folder or a Hub cache
+    is the same model)."""
+    scheduler = {k: v for k, v in dict(pipe.scheduler.config).items() if not k.startswith("_")}
+    identity = {
+        "weights_sha256": weights_sha256(pipe),
+        "num_classes": pipe.num_classes,
+        "num_samples": cfg.num_samples,
+        "batch_size": cfg.batch_size,
+        "seed": cfg.seed,
+        "labels": cfg.labels,
+        "preset": cfg.preset,
+        "scheduler": scheduler,
+        "num_inference_steps": resolved_steps(cfg, pipe),
+        "guidance_scale": cfg.guidance_scale,
+        "guidance_channels": cfg.guidance_channels,
+        "dtype": cfg.dtype,
+    }
+    return json.loads(json.dumps(identity, default=str))  # as it reads back from run.json (tuples -> lists)
+
+
+def check_resume(out: Path, identity: dict[str, Any]) -> None:
+    """Refuse to add samples to ``out`` when its PNGs were made by other weights or settings.
+
+    A ``run.json`` with no PNG beside it locks nothing (its run failed before its first batch)."""
+    folder, path = out / SAMPLES_DIR, out / RUN_FILE
+    done = sum(1 for _ in folder.glob("*.png")) if folder.is_dir() else 0
+    if done == 0:
+        if path.is_file():
+            logger.info("%s has no samples yet: its settings are replaced by this run's", path)
+        return
+    if not path.is_file():
+        raise InputError(f"--out {str(out)!r} holds {done} PNGs but no {RUN_FILE}, so which model made them is "
+                         "unknown; use another --out (or delete those samples)")
+    try:
+        previous = json.loads(path.read_text()).get("identity")
+    except (OSError, ValueError, AttributeError) as err:
+        raise InputError(f"--out {str(out)!r}: {path} is unreadable ({type(err).__name__}); use another --out") \
+            from err
+    if previous is None:
+        raise InputError(f"--out {str(out)!r} holds {done} PNGs of an older sample_fid.py whose {RUN_FILE} has no "
+                         "weights hash; use another --out")
+    if previous == identity:
+        return
+    if previous.get("weights_sha256") != identity["weights_sha256"]:
+        raise InputError(
+            f"--out {str(out)!r} holds {done} PNGs of other weights (sha256 {previous.get('weights_sha256')} in "
+            f"{RUN_FILE}, {identity['weights_sha256']} for --pipeline now); resuming would mix two models in "
+            "one .npz: use another --out"
+        )
+    diff = "; ".join(f"{k}: {previous.get(k)!r} -> {v!r}" for k, v in identity.items() if previous.get(k) != v)
+    raise InputError(f"--out {str(out)!r} holds {done} PNGs made with other settings (was -> now: {diff}); "
+                     "use another --out, or the same settings to resume")
+
+
+def write_run_file(out: Path, cfg: SampleConfig, identity: dict[str, Any]) -> None:
+    """``run.json`` (atomically; every process writes the same content): the identity plus, for people, the
+    pipeline as given."""
+    record = {"format": RUN_FILE_FORMAT, "identity": identity, "pipeline": cfg.pipeline}
+    tmp = out / f".{RUN_FILE}.tmp{os.getpid()}"
+    tmp.write_text(json.dumps(record, indent=2) + "\n")
+    os.replace(tmp, out / RUN_FILE)
+
+
+def reference_extractor(cfg: SampleConfig):
+    """The feature extractor for ``--reference``, built before sampling so that a bad file fails early."""
+    from sit_diffusers.fid import make_extractor
+
+    weights = inception_weights_path(cfg)
+    try:
+        return make_extractor(cfg.extractor, weights)
+    except Exception as err:  # torch.jit.load / pickle raise many types on a file that is not the model
+        where = "--inception-weights" if cfg.inception_weights else "SIT_FID_INCEPTION"
+        first = str(err).splitlines()[0] if str(err) else ""
+        raise InputError(f"{where} {weights!r} could not be loaded ({type(err).__name__}: {first})") from err
+
+
+# ===========================================================================
 # Sampling and evaluation
 # ===========================================================================
 
 
-def load_pipeline(cfg: SampleConfig, device: torch.device):
-    from sit_diffusers.pipeline_sit import SiTPipeline
+def sample_batch(pipe, cfg: SampleConfig, indices: range, labels: list[int], steps: int) -> np.ndarray:
+    """Images ``indices`` as uint8 ``(n, H, W, C)``: one generator per image, seeded by ``image_seed``.
 
-    pipe = SiTPipeline.from_pretrained(cfg.pipeline)
-    if cfg.preset is not None:
-        pipe.set_sampler(cfg.preset)
-    pipe.set_progress_bar_config(disable=True)
-    pipe.to(device)
-    if cfg.dtype != "float32":
-        pipe.to(dtype=getattr(torch, cfg.dtype))
-    return pipe
-
-
-def sample_batch(pipe, cfg: SampleConfig, indices: range, labels: list[int]) -> np.ndarray:
-    """Images ``indices`` as uint8 ``(n, H, W, C)``: one generator per image, seeded by ``image_seed``."""
+    Raises :class:`NonFiniteError` when the pipeline's images hold NaN/inf (nothing is written then)."""
     generators = [torch.Generator().manual_seed(image_seed(cfg.seed, i)) for i in indices]
-    channels: int | str = int(cfg.guidance_channels) if cfg.guidance_channels != "all" else "all"
-    out = pipe(
-        class_labels=[labels[i] for i in indices],
-        guidance_scale=cfg.guidance_scale,
-        guidance_channels=channels,
-        num_inference_steps=cfg.num_inference_steps,
-        generator=generators,
-        output_type="np",
-    )
-    return to_uint8(out.images)  # (n, H, W, C)
-
-
-def reference_extractor(cfg: SampleConfig):
-    """The feature extractor for ``--reference``, built before sampling so that a missing file fails early."""
-    from sit_diffusers.fid import make_extractor
-
-    if not Path(cfg.reference).is_file():
-        raise SystemExit(f"--reference {cfg.reference} does not exist")
+    where = f"images {indices.start}..{indices.stop - 1}"
     try:
-        return make_extractor(cfg.extractor, cfg.inception_weights)
-    except FileNotFoundError as err:
-        raise SystemExit(f"--reference: {err}") from None
+        out = pipe(
+            class_labels=[labels[i] for i in indices],
+            guidance_scale=cfg.guidance_scale,
+            guidance_channels=cfg.channels,
+            num_inference_steps=steps,
+            generator=generators,
+            output_type="np",
+        )
+    except NonFiniteError as err:
+        raise NonFiniteError(f"{where}: {err}; nothing of this batch was written") from err
+    images = np.asarray(out.images)  # (n, H, W, C) in [0, 1]
+    check_finite_tensor(where, torch.from_numpy(images),
+                        f"nothing of this batch was written (with --dtype {cfg.dtype}: try float32)")
+    return to_uint8(images)  # (n, H, W, C)
 
 
 def evaluate(samples: np.ndarray, cfg: SampleConfig, extractor) -> dict[str, Any]:
@@ -238,40 +553,66 @@ def evaluate(samples: np.ndarray, cfg: SampleConfig, extractor) -> dict[str, Any
 
 
 def run(cfg: SampleConfig) -> dict[str, Any]:
-    """Sample what is missing (this process's batches), then on the main process write the ``.npz`` and
-    metrics. Returns ``{"generated": n_batches_this_process, "skipped": ..., "npz": path, "metrics": ...}``."""
+    """Check everything, sample what is missing (this process's batches), then on the main process write the
+    ``.npz`` and metrics. Returns ``{"generated": n_batches_this_process, "skipped": ..., "npz": path,
+    "metrics": ...}``. Bad input raises :class:`InputError` before anything is written."""
     from accelerate import PartialState
-    from accelerate.utils import parse_flag_from_env
+    from accelerate.utils import broadcast_object_list, parse_flag_from_env
 
+    reference_shape = check_files(cfg)
     # PartialState (unlike Accelerator) does not read ACCELERATE_USE_CPU; without it CPU processes never join
     state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU") or not torch.cuda.is_available())
     out = Path(cfg.out)
     folder = out / SAMPLES_DIR
-    extractor = None
-    if state.is_main_process:
-        if cfg.reference:
-            extractor = reference_extractor(cfg)
-        folder.mkdir(parents=True, exist_ok=True)
-        check_run_file(out, cfg)
-        removed = remove_stale_temp_files(folder)
-        if removed:
-            logger.info("removed %d unfinished PNGs of an interrupted run", removed)
-    state.wait_for_everyone()
+    with state.main_process_first():  # a Hub id is downloaded once, then read from the cache
+        pipe = load_pipeline(cfg)
+    check_against_pipeline(cfg, pipe, reference_shape)
+    geometry = image_geometry(pipe)
 
+    # The main process hashes the weights, checks the folder and loads the extractor; every process learns
+    # the outcome, so that a refusal stops them all with the same message.
+    extractor, verdict = None, [None]
+    if state.is_main_process:
+        identity = run_identity(cfg, pipe)
+        try:
+            if cfg.reference:
+                extractor = reference_extractor(cfg)
+            check_resume(out, identity)
+            verdict = [(identity, None)]
+        except InputError as err:
+            verdict = [(identity, str(err))]
+        if verdict[0][1] is None and folder.is_dir():
+            removed = remove_stale_temp_files(folder)
+            if removed:
+                logger.info("removed %d unfinished PNGs of an interrupted run", removed)
+    broadcast_object_list(verdict)
+    identity, refusal = verdict[0]
+    if refusal is not None:
+        raise InputError(refusal)
+
+    pipe.to(state.device)
+    if cfg.dtype != "float32":
+        pipe.to(dtype=getattr(torch, cfg.dtype))
+    steps = identity["num_inference_steps"]
     threads = torch.get_num_threads()
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     try:
-        with state.main_process_first():  # a Hub id is downloaded once, then read from the cache
-            pipe = load_pipeline(cfg, state.device)
         labels = class_labels(cfg, pipe.num_classes)
         mine = [r for b, r in enumerate(batch_ranges(cfg.num_samples, cfg.batch_size))
                 if b % state.num_processes == state.process_index]
-        todo = [r for r in mine if not all(png_path(folder, i).is_file() for i in r)]
+        todo = [r for r in mine if not (folder.is_dir() and batch_is_done(folder, r, geometry))]
         logger.info("process %d/%d: %d batches to sample, %d already done",
                     state.process_index, state.num_processes, len(todo), len(mine) - len(todo))
+        run_file_written = False
         for indices in todo:
-            images = sample_batch(pipe, cfg, indices, labels)  # (n, H, W, C)
+            images = sample_batch(pipe, cfg, indices, labels, steps)  # (n, H, W, C)
+            if images.shape[1:] != geometry:
+                raise RuntimeError(f"the pipeline made images {images.shape[1:]}, expected {geometry}")
+            if not run_file_written:  # the folder is claimed by its first finished batch, not before
+                folder.mkdir(parents=True, exist_ok=True)
+                write_run_file(out, cfg, identity)
+                run_file_written = True
             for i, image in zip(indices, images, strict=True):
                 write_png(png_path(folder, i), image)
             if cfg.batch_delay:
@@ -294,14 +635,19 @@ def run(cfg: SampleConfig) -> dict[str, Any]:
     return result
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+def _cli(argv: Sequence[str]) -> int:
     cfg = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     result = run(cfg)
     if "metrics" in result:
         print(json.dumps(result["metrics"], indent=2))
-    return result
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The command line: 0 on success, 2 (one line on stderr) for bad input, 1 for NaN/inf images."""
+    return run_cli(PROG, _cli, argv)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.exit(main())
