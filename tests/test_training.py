@@ -4,6 +4,10 @@ What must hold (issue 5): training lowers the loss, checkpoints honour their lim
 loads and generates; exact resume after SIGKILL; a half-written checkpoint never replaces a good one;
 two CPU processes agree with one; precomputed latents train like on-the-fly encoding; bad input fails
 clearly without overwriting anything; pixel-space training from an in-memory 1-channel dataset.
+Issue 12: resume never unpickles (pickle payloads are refused unread); a NaN/inf step stops the run and a
+full disk fails the save cleanly, both keeping the last checkpoint, and resuming after either is exact;
+changed settings are refused on resume unless allowed; labels are checked against num_classes.
+(The table of bad command lines is tests/test_training_inputs.py.)
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ sys.path.insert(0, str(REPO))
 
 from training.config import ConfigError, TrainConfig, config_from_dict  # noqa: E402
 from training.data import DataError  # noqa: E402
-from training.train_sit import build_model, build_objective, train  # noqa: E402
+from training.train_sit import build_model, build_objective, read_checkpoint, train  # noqa: E402
 
 TINY_MODEL = {"hidden_size": 32, "depth": 2, "num_heads": 2}
 
@@ -73,14 +77,9 @@ def tiny(assets: Path, out: Path, **overrides: Any) -> TrainConfig:
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
-    """Model weights, EMA weights and optimizer state of an accelerate checkpoint folder."""
-    from safetensors.torch import load_file
-
-    return {
-        "model": load_file(path / "model.safetensors"),
-        "ema": torch.load(path / "custom_checkpoint_0.pkl", map_location="cpu", weights_only=False),
-        "optimizer": torch.load(path / "optimizer.bin", map_location="cpu", weights_only=False)["state"],
-    }
+    """Model weights, EMA weights and optimizer state of a train_sit.py checkpoint (safetensors + JSON)."""
+    ckpt = read_checkpoint(path)
+    return {"model": ckpt["model"], "ema": ckpt["ema"], "optimizer": ckpt["optimizer"]["state"]}
 
 
 def assert_states_equal(a: dict[str, Any], b: dict[str, Any], atol: float = 0.0) -> None:
@@ -200,9 +199,9 @@ from training.config import config_from_dict
 
 real_save = ts.save_checkpoint
 
-def save_then_die(cfg, accelerator, step):
+def save_then_die(cfg, accelerator, step, parts):
     if step < 4:
-        return real_save(cfg, accelerator, step)
+        return real_save(cfg, accelerator, step, parts)
     # Die in the middle of writing the step-4 checkpoint: a partial temp folder stays behind.
     partial = ts.checkpoint_dir(cfg) / ".tmp-checkpoint-0000004"
     partial.mkdir(parents=True)
@@ -264,7 +263,11 @@ def test_two_cpu_processes_match_one(assets: Path, straight: Path, tmp_path: Pat
            str(REPO / "training" / "train_sit.py"), "--config", str(cfg_file)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    two = load_checkpoint(tmp_path / "two" / "checkpoints" / "checkpoint-0000002")
+    ckpt = tmp_path / "two" / "checkpoints" / "checkpoint-0000002"
+    assert {"rng-00000.safetensors", "rng-00001.safetensors"} <= {p.name for p in ckpt.iterdir()}
+    rng0, rng1 = read_checkpoint(ckpt, rank=0)["rng"][0], read_checkpoint(ckpt, rank=1)["rng"][0]
+    assert not torch.equal(rng0["torch_cpu"], rng1["torch_cpu"])  # each process resumes its own RNG state
+    two = load_checkpoint(ckpt)
     one = load_checkpoint(straight / "checkpoints" / "checkpoint-0000002")  # 1 process x 2 micro-steps x 2
     assert_states_equal(two, one, atol=1e-5)
 
@@ -336,11 +339,176 @@ def test_bad_input_fails_clearly_and_overwrites_nothing(assets: Path, straight: 
 def test_cli_reports_errors_in_one_line(capsys: pytest.CaptureFixture[str]) -> None:
     from training.train_sit import main
 
-    with pytest.raises(SystemExit) as exit_info:
-        main(["--global_batch_sise", "8"])
-    assert exit_info.value.code == 2
+    assert main(["--global_batch_sise", "8"]) == 2
     err = capsys.readouterr().err
-    assert "did you mean --global_batch_size" in err and "Traceback" not in err
+    assert "did you mean --global_batch_size" in err and "Traceback" not in err and err.count("\n") == 1
+    assert main(["--global_batch_sise", "8", "--debug"]) == 2
+    assert "Traceback" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------
+# Resume is pickle-free; non-finite steps and full disks stop cleanly and resume exactly
+# ---------------------------------------------------------------------------
+
+
+class _Payload:
+    """Unpickling this creates ``path``: what a malicious checkpoint file would do."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = str(path)
+
+    def __reduce__(self) -> tuple[Any, tuple[str, str]]:
+        return (open, (self.path, "w"))
+
+
+def test_resume_never_unpickles(straight: Path, assets: Path, tmp_path: Path) -> None:
+    import pickle
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(straight / "checkpoints" / "checkpoint-0000002", out / "checkpoints" / "checkpoint-0000002")
+    ckpt = out / "checkpoints" / "checkpoint-0000002"
+    assert sorted(p.suffix for p in ckpt.iterdir()) == [".json"] * 3 + [".safetensors"] * 4  # no pickle at all
+    marker = tmp_path / "pwned"
+    for name in ("custom_checkpoint_0.pkl", "random_states_0.pkl", "optimizer.bin"):
+        (ckpt / name).write_bytes(pickle.dumps(_Payload(marker)))
+        with pytest.raises(ConfigError, match=rf"{ckpt}.*{name}.*never loaded"):
+            train(tiny(assets, out, gradient_accumulation_steps=2, resume_from_checkpoint="latest"))
+        (ckpt / name).unlink()
+    assert not marker.exists()
+    # An accelerate-era folder (pickles + a train_state.json without our format) is refused, not loaded.
+    old = out / "checkpoints" / "checkpoint-0000001"
+    old.mkdir()
+    (old / "train_state.json").write_text(json.dumps({"step": 1, "config": {}}))
+    (old / "model.safetensors").write_bytes((ckpt / "model.safetensors").read_bytes())
+    with pytest.raises(ConfigError, match="older train_sit.py"):
+        train(tiny(assets, out, gradient_accumulation_steps=2, resume_from_checkpoint=str(old)))
+    assert not marker.exists()
+
+
+def _nan_at_step(monkeypatch: pytest.MonkeyPatch, bad_step: int, batch_size: int) -> None:
+    """Make the loss of optimiser step ``bad_step`` (1-based) NaN."""
+    import training.train_sit as ts
+
+    real = ts.micro_batch_loss
+
+    def loss(cfg: TrainConfig, objective: Any, model: Any, batch: dict[str, Any], *args: Any) -> torch.Tensor:
+        value = real(cfg, objective, model, batch, *args)
+        return value * float("nan") if int(batch["position"][0]) // batch_size + 1 == bad_step else value
+
+    monkeypatch.setattr(ts, "micro_batch_loss", loss)
+
+
+def test_nonfinite_step_stops_keeps_the_last_checkpoint_and_resumes_exactly(
+    assets: Path, straight: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from sit_diffusers.validation import NonFiniteError
+
+    out = tmp_path / "nan"
+    _nan_at_step(monkeypatch, 3, batch_size=4)
+    with pytest.raises(NonFiniteError, match=r"non-finite loss nan .* at optimiser step 3.*checkpoint-0000002"):
+        train(tiny(assets, out, gradient_accumulation_steps=2))
+    monkeypatch.undo()
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["checkpoint-0000002"]  # no temp folder
+    train(tiny(assets, out, gradient_accumulation_steps=2, resume_from_checkpoint="latest"))
+    assert_states_equal(load_checkpoint(out / "checkpoints" / "checkpoint-0000004"),
+                        load_checkpoint(straight / "checkpoints" / "checkpoint-0000004"))
+
+
+def test_learning_rate_that_blows_up_exits_1_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from training.train_sit import main
+
+    images = tmp_path / "images"
+    rng = np.random.default_rng(0)
+    for cls in ("a", "b"):
+        (images / cls).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray((rng.random((8, 8, 3)) * 255).astype(np.uint8)).save(images / cls / f"{i}.png")
+    argv = ["--model", "SiT-S/2", "--model_overrides", json.dumps(TINY_MODEL), "--resolution", "8",
+            "--num_classes", "2", "--vae", "none", "--train_data_dir", str(images), "--global_batch_size", "2",
+            "--max_train_steps", "6", "--checkpointing_steps", "2", "--report_to", "none", "--no-save_pipeline",
+            "--dataloader_num_workers", "0", "--output_dir", str(tmp_path / "out"), "--learning_rate", "10"]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("train_sit.py:")]  # (progress bars aside)
+    assert len(errors) == 1 and "Traceback" not in err, err
+    assert "non-finite" in errors[0] and "at optimiser step" in errors[0] and "--learning_rate 10.0" in errors[0]
+    # Weights are checked before every save: this run never wrote NaN/inf tensors.
+    for ckpt in (tmp_path / "out" / "checkpoints").iterdir():
+        state = load_checkpoint(ckpt)
+        assert all(torch.isfinite(v).all() for part in ("model", "ema") for v in state[part].values())
+
+
+def test_disk_full_during_save_keeps_the_previous_checkpoint(
+    assets: Path, straight: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import errno
+
+    import training.train_sit as ts
+
+    real = ts._write_tensors
+
+    def write(path: Path, *args: Any, **kwargs: Any) -> None:
+        if path.parent.name == ".tmp-checkpoint-0000004" and path.name == ts.EMA_FILE:  # after model.safetensors
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        real(path, *args, **kwargs)
+
+    monkeypatch.setattr(ts, "_write_tensors", write)
+    out = tmp_path / "full"
+    with pytest.raises(ts.CheckpointWriteError, match=r"checkpoint-0000004.*No space left on device \(ENOSPC\).*"
+                                                      r"checkpoint-0000002 is intact") as info:
+        train(tiny(assets, out, gradient_accumulation_steps=2))
+    assert info.value.errno == errno.ENOSPC
+    monkeypatch.undo()
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["checkpoint-0000002"]  # tmp removed
+    assert _snapshot(out / "checkpoints" / "checkpoint-0000002") .keys() == _snapshot(
+        straight / "checkpoints" / "checkpoint-0000002").keys()
+    for name in ("model.safetensors", "ema.safetensors", "optimizer.safetensors"):
+        assert (out / "checkpoints" / "checkpoint-0000002" / name).read_bytes() == (
+            straight / "checkpoints" / "checkpoint-0000002" / name).read_bytes()
+    train(tiny(assets, out, gradient_accumulation_steps=2, resume_from_checkpoint="latest"))
+    assert_states_equal(load_checkpoint(out / "checkpoints" / "checkpoint-0000004"),
+                        load_checkpoint(straight / "checkpoints" / "checkpoint-0000004"))
+
+
+def test_resume_refuses_changed_settings_unless_allowed(assets: Path, straight: Path, tmp_path: Path) -> None:
+    import shutil
+
+    out = tmp_path / "changed"
+    shutil.copytree(straight / "checkpoints" / "checkpoint-0000002", out / "checkpoints" / "checkpoint-0000002")
+    common = dict(gradient_accumulation_steps=2, resume_from_checkpoint="latest")
+    with pytest.raises(ConfigError, match=r"--learning_rate: 0.0001 -> 0.001.*--allow_config_change"):
+        train(tiny(assets, out, learning_rate=1e-3, **common))
+    with pytest.raises(ConfigError, match=r"--global_batch_size: 4 -> 8; --seed: 0 -> 1"):
+        train(tiny(assets, out, global_batch_size=8, seed=1, **common))
+    # Output, logging and speed settings may change (and accumulation: the same samples per step).
+    train(tiny(assets, out, learning_rate=1e-3, allow_config_change=True, max_train_steps=3, log_every=1,
+               dataloader_num_workers=0, **common))
+    assert (out / "checkpoints" / "checkpoint-0000003").is_dir()
+    train(tiny(assets, out, max_train_steps=3, checkpointing_steps=1, learning_rate=1e-3, seed=0,
+               gradient_accumulation_steps=1, resume_from_checkpoint="latest"))
+
+
+def test_labels_are_checked_against_num_classes(tmp_path: Path) -> None:
+    import datasets
+
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray((rng.random((8, 8)) * 255).astype(np.uint8), mode="L") for _ in range(6)]
+    common = dict(model="SiT-S/2", model_overrides=TINY_MODEL, resolution=8, num_classes=3, vae=None,
+                  image_channels=1, global_batch_size=2, max_train_steps=1, report_to="none",
+                  dataloader_num_workers=0, output_dir=str(tmp_path / "out"))
+    labelled = datasets.Dataset.from_dict(
+        {"image": images, "label": [0, 1, 2, 0, 1, 2]},
+        features=datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(num_classes=5)}))
+    with pytest.raises(DataError, match="5 classes .*--num_classes is 3"):
+        train(config_from_dict(common), dataset=labelled)
+    plain = datasets.Dataset.from_dict({"image": images, "label": [0, 1, 2, 0, 1, 3]})  # the LAST one is bad
+    with pytest.raises(DataError, match=r"label 3 of example 5 .*outside \[0, --num_classes 3\)"):
+        train(config_from_dict(common), dataset=plain)
+    rows = [{"image": img, "label": lab} for img, lab in zip(images, [0, 1, -1, 0, 1, 2], strict=True)]
+    with pytest.raises(DataError, match="label -1 of example 2"):
+        train(config_from_dict(common), dataset=rows)
+    assert not (tmp_path / "out").exists()
 
 
 def test_streaming_resume_matches_straight(assets: Path, tmp_path: Path) -> None:
@@ -351,3 +519,23 @@ def test_streaming_resume_matches_straight(assets: Path, tmp_path: Path) -> None
     a = load_checkpoint(tmp_path / "a" / "checkpoints" / "checkpoint-0000004")
     b = load_checkpoint(tmp_path / "b" / "checkpoints" / "checkpoint-0000004")
     assert_states_equal(a, b)
+
+
+def test_rng_states_round_trip_without_pickle(tmp_path: Path) -> None:
+    import random
+
+    from training.train_sit import _read_tensors, _write_tensors, rng_state, set_rng_state
+
+    torch.manual_seed(1)
+    np.random.seed(2)
+    random.seed(3)
+    np.random.standard_normal()  # a cached Gaussian in numpy's state
+    _write_tensors(tmp_path / "rng.safetensors", *rng_state())
+    expected = (torch.rand(3), np.random.standard_normal(3), random.random(), random.gauss(0, 1))
+    torch.manual_seed(9)
+    np.random.seed(9)
+    random.seed(9)
+    set_rng_state(*_read_tensors(tmp_path / "rng.safetensors"))
+    again = (torch.rand(3), np.random.standard_normal(3), random.random(), random.gauss(0, 1))
+    assert torch.equal(expected[0], again[0]) and np.array_equal(expected[1], again[1])
+    assert expected[2:] == again[2:]

@@ -61,16 +61,60 @@ def test_file_then_cli_precedence(tmp_path: Path) -> None:
         (["--learning"], "unrecognized"),  # no prefix abbreviations
         (["--prediction", "velocty"], "must be one of"),
         (["--global_batch_size", "2.5"], "integer"),
-        (["--global_batch_size", "0"], "positive"),
+        (["--global_batch_size", "0"], "--global_batch_size must be >= 1, got 0"),
+        (["--learning_rate", "nan"], "--learning_rate must be a finite number, got 'nan'"),
+        (["--max_grad_norm", "-1"], "--max_grad_norm must be > 0, got -1.0"),  # would be gradient ascent
+        (["--lr_warmup_steps", "5", "--max_train_steps", "4"], "--lr_warmup_steps must be <= --max_train_steps"),
         (["--model_overrides", "{bad"], "JSON"),
         (["--resolution", "none"], "must be an integer"),
         (["--vae", "none", "--image_channels", "2"], "1 or 3"),
         (["--image_channels", "1"], "pixel-space"),
+        (["--seed", str(2**32)], "--seed must be <= 2\\*\\*32 - 1"),
     ],
 )
 def test_bad_flags_raise(argv: list[str], match: str) -> None:
     with pytest.raises(ConfigError, match=match):
         parse_config(argv)
+
+
+def test_help_lists_every_flag_with_its_default(capsys: pytest.CaptureFixture[str]) -> None:
+    import dataclasses
+
+    from training.config import _build_parser
+
+    with pytest.raises(SystemExit) as info:
+        parse_config(["--help"], prog="train_sit.py")
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: train_sit.py") and "--debug" in out
+    helps = {a.option_strings[0]: a.help for a in _build_parser(TrainConfig)._actions}
+    for f in dataclasses.fields(TrainConfig):
+        text = helps[f"--{f.name}"]
+        assert f"--{f.name}" in out and text.endswith(")") and "(default: " in text, f.name
+        assert len(text.split("(default: ")[0].strip()) > 10, f"--{f.name} has no description"
+    assert "Choices: linear, gvp, vp." in helps["--path_type"]
+
+
+def test_default_workers_follow_the_machine() -> None:
+    import os
+
+    cpus = os.cpu_count() or 1
+    assert TrainConfig().dataloader_num_workers == (min(4, cpus) if cpus > 1 else 0)
+
+
+def test_resume_policy() -> None:
+    from training.config import config_changes
+
+    saved = TrainConfig().to_dict()
+    free = dict(max_train_steps=10, log_every=5, checkpointing_steps=7, sample_every=0, output_dir="elsewhere",
+                report_to="none", dataloader_num_workers=0, gradient_accumulation_steps=2, torch_compile=True)
+    assert config_changes(saved, TrainConfig(**free)) == []
+    assert config_changes(saved, TrainConfig(learning_rate=2e-4, seed=3)) == [
+        "--learning_rate: 0.0001 -> 0.0002", "--seed: 0 -> 3"]
+    # A schedule that depends on the run length makes max_train_steps part of the training.
+    cosine = TrainConfig(lr_scheduler="cosine").to_dict()
+    assert config_changes(cosine, TrainConfig(lr_scheduler="cosine", max_train_steps=10)) == [
+        "--max_train_steps: 400000 -> 10"]
 
 
 def test_unknown_file_key_raises(tmp_path: Path) -> None:

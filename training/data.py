@@ -24,6 +24,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from sit_diffusers.validation import InputError
+
 __all__ = [
     "DataError",
     "STREAM_FLIP",
@@ -35,6 +37,7 @@ __all__ = [
     "flip_for",
     "load_image_dataset",
     "check_image_dataset",
+    "check_label_range",
     "ImageDataset",
     "LatentDataset",
     "LatentsMeta",
@@ -51,8 +54,8 @@ STREAM_SAMPLE = 2
 _MASK64 = (1 << 64) - 1
 
 
-class DataError(ValueError):
-    """A dataset that cannot be trained on (empty, unreadable, missing column, ...)."""
+class DataError(InputError):
+    """A dataset that cannot be trained on (empty, unreadable, missing column, labels out of range, ...)."""
 
 
 # ---------------------------------------------------------------------------
@@ -170,8 +173,8 @@ def load_image_dataset(
 def check_image_dataset(dataset: Any, image_column: str, label_column: str, num_classes: int) -> None:
     """Fail early, with a clear message, on data that would only break mid-training.
 
-    Checks the columns exist, the dataset is not empty, and its first example decodes to an image with a
-    label in ``[0, num_classes)``.
+    Checks the columns exist, the dataset is not empty, its first example decodes to an image, and its
+    labels lie in ``[0, num_classes)`` (:func:`check_label_range`).
     """
     columns = list(dataset.column_names or []) if getattr(dataset, "column_names", None) is not None else None
     if columns is not None:
@@ -193,9 +196,38 @@ def check_image_dataset(dataset: Any, image_column: str, label_column: str, num_
         preprocess(first[image_column], 8, 3, False)
     except Exception as err:
         raise DataError(f"the first training image is unreadable: {type(err).__name__}: {err}") from err
-    label = int(first[label_column])
-    if not 0 <= label < num_classes:
-        raise DataError(f"label {label} of the first example is outside [0, num_classes={num_classes})")
+    check_label_range(dataset, label_column, num_classes, first)
+
+
+def check_label_range(dataset: Any, label_column: str, num_classes: int, first: dict[str, Any] | None = None) -> None:
+    """Every label of ``dataset`` is an integer in ``[0, num_classes)``, else :class:`DataError` naming one.
+
+    A ``ClassLabel`` column is checked by its ``num_classes``; other columns by a full scan (the label column
+    only: no image is decoded). A stream without a ``ClassLabel`` is checked on its first example here and
+    on every batch during training.
+    """
+    feature = (getattr(dataset, "features", None) or {}).get(label_column)
+    declared = getattr(feature, "num_classes", None)
+    if declared is not None:
+        if declared > num_classes:
+            raise DataError(f"the dataset's {label_column!r} column has {declared} classes (ClassLabel) but "
+                            f"--num_classes is {num_classes}; set --num_classes {declared}")
+        return
+    if hasattr(dataset, "__len__") and hasattr(dataset, "__getitem__"):
+        if getattr(dataset, "column_names", None) is not None:
+            values = dataset[label_column]  # one column: images are not decoded
+        else:
+            values = (row[label_column] for row in dataset)  # an indexable of rows (in-process data)
+    else:
+        values = [] if first is None else [first[label_column]]
+    for index, value in enumerate(values):
+        if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.is_floating_point():
+            value = value.item()
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+            raise DataError(f"label {value!r} of example {index} (column {label_column!r}) is not an integer class")
+        if not 0 <= value < num_classes:
+            raise DataError(f"label {int(value)} of example {index} (column {label_column!r}) is outside "
+                            f"[0, --num_classes {num_classes})")
 
 
 # ---------------------------------------------------------------------------
@@ -262,18 +294,24 @@ class LatentsMeta:
         path = Path(folder) / "meta.json"
         if not path.is_file():
             raise DataError(f"{folder} is not a precomputed-latents folder (no meta.json)")
-        data = json.loads(path.read_text())
-        id2label = data.get("id2label")
-        return LatentsMeta(
-            num_examples=int(data["num_examples"]),
-            latent_shape=tuple(data["latent_shape"]),
-            resolution=int(data["resolution"]),
-            vae=str(data["vae"]),
-            vae_scaling_factor=float(data["vae_scaling_factor"]),
-            dtype=str(data["dtype"]),
-            shards=tuple(data["shards"]),
-            id2label={int(k): v for k, v in id2label.items()} if id2label else None,
-        )
+        try:
+            data = json.loads(path.read_text())
+            id2label = data.get("id2label")
+            meta = LatentsMeta(
+                num_examples=int(data["num_examples"]),
+                latent_shape=tuple(int(n) for n in data["latent_shape"]),
+                resolution=int(data["resolution"]),
+                vae=str(data["vae"]),
+                vae_scaling_factor=float(data["vae_scaling_factor"]),
+                dtype=str(data["dtype"]),
+                shards=tuple(str(name) for name in data["shards"]),
+                id2label={int(k): v for k, v in id2label.items()} if id2label else None,
+            )
+        except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as err:
+            raise DataError(f"{path} is not a valid latents meta.json ({type(err).__name__}: {err})") from None
+        if len(meta.latent_shape) != 3:
+            raise DataError(f"{path}: latent_shape must be (C, h, w), got {list(meta.latent_shape)}")
+        return meta
 
     def write(self, folder: str | Path) -> None:
         data = {
