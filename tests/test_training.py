@@ -195,6 +195,7 @@ import torch
 torch.set_num_threads({threads})  # bitwise CPU results need the same intra-op thread count as the reference
 sys.path.insert(0, {repo!r})
 import training.train_sit as ts
+from training.checkpoints import checkpoint_dir
 from training.config import config_from_dict
 
 real_save = ts.save_checkpoint
@@ -203,7 +204,7 @@ def save_then_die(cfg, accelerator, step, parts):
     if step < 4:
         return real_save(cfg, accelerator, step, parts)
     # Die in the middle of writing the step-4 checkpoint: a partial temp folder stays behind.
-    partial = ts.checkpoint_dir(cfg) / ".tmp-checkpoint-0000004"
+    partial = checkpoint_dir(cfg) / ".tmp-checkpoint-0000004"
     partial.mkdir(parents=True)
     (partial / "model.safetensors").write_bytes(b"half")
     os.kill(os.getpid(), signal.SIGKILL)
@@ -444,18 +445,18 @@ def test_disk_full_during_save_keeps_the_previous_checkpoint(
 ) -> None:
     import errno
 
-    import training.train_sit as ts
+    import training.checkpoints as ck
 
-    real = ts._write_tensors
+    real = ck._write_tensors
 
     def write(path: Path, *args: Any, **kwargs: Any) -> None:
-        if path.parent.name == ".tmp-checkpoint-0000004" and path.name == ts.EMA_FILE:  # after model.safetensors
+        if path.parent.name == ".tmp-checkpoint-0000004" and path.name == ck.EMA_FILE:  # after model.safetensors
             raise OSError(errno.ENOSPC, "No space left on device", str(path))
         real(path, *args, **kwargs)
 
-    monkeypatch.setattr(ts, "_write_tensors", write)
+    monkeypatch.setattr(ck, "_write_tensors", write)
     out = tmp_path / "full"
-    with pytest.raises(ts.CheckpointWriteError, match=r"checkpoint-0000004.*No space left on device \(ENOSPC\).*"
+    with pytest.raises(ck.CheckpointWriteError, match=r"checkpoint-0000004.*No space left on device \(ENOSPC\).*"
                                                       r"checkpoint-0000002 is intact") as info:
         train(tiny(assets, out, gradient_accumulation_steps=2))
     assert info.value.errno == errno.ENOSPC
@@ -524,7 +525,7 @@ def test_streaming_resume_matches_straight(assets: Path, tmp_path: Path) -> None
 def test_rng_states_round_trip_without_pickle(tmp_path: Path) -> None:
     import random
 
-    from training.train_sit import _read_tensors, _write_tensors, rng_state, set_rng_state
+    from training.checkpoints import _read_tensors, _write_tensors, rng_state, set_rng_state
 
     torch.manual_seed(1)
     np.random.seed(2)
