@@ -19,6 +19,18 @@ Usage::
     python pipelines/build_hub_repo.py SiT-XL-2-256 --out build --dry-run       # folder build/SiT-XL-2-256
     python pipelines/build_hub_repo.py --all --out build                        # build + upload all five
     python pipelines/build_hub_repo.py --render-cards                           # model_cards/SiT-*.md only
+
+Checks at the door, for every repo named, before anything is downloaded, converted or written: the repo
+names (the closest one suggested), flags that apply to one repo only, ``--checkpoint`` (an existing,
+non-empty file), ``--num-heads`` (>= 1, dividing the width; for a named architecture, its own count),
+``--hub-repo-id`` (``owner/name``), ``--vae`` (a folder with ``config.json`` or a Hub id; offline: cached),
+``--out`` (``<out>/<repo>`` new or empty, else ``--overwrite``), a Hub token unless ``--dry-run``. A bad one
+prints one line ``build_hub_repo.py: error: ...`` and exits with status 2 (``--debug``: the traceback); a
+checkpoint whose content is not the spec's model fails the same way, before anything is written.
+
+Each repo folder is written into a temporary folder beside ``<out>/<repo>`` and renamed into place once the
+parity check passed, so a failed build leaves ``<out>/<repo>`` as it was. A parity failure or a failed
+upload exits with status 1 and one line (the folder of a failed upload is complete and kept).
 """
 
 from __future__ import annotations
@@ -26,24 +38,53 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
+import secrets
+import shutil
 import sys
+import traceback
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 import torch
 
-from sit_diffusers.conversion import convert_official_state_dict, load_official_state_dict
+from sit_diffusers.conversion import (
+    CheckpointNotFoundError,
+    ConversionError,
+    convert_official_state_dict,
+    infer_official_config,
+    load_official_state_dict,
+)
 from sit_diffusers.labels import IMAGENET_NUM_CLASSES, imagenet_id2label
 from sit_diffusers.model_card import RepoSpec, load_repo_spec, render_model_card
 from sit_diffusers.modeling_sit import SIT_CONFIGS, SiTTransformer2DModel
+from sit_diffusers.validation import InputError, check_choice, check_int, run_cli
 
+PROG = "build_hub_repo.py"
 PIPELINES_DIR = Path(__file__).resolve().parent
 CARDS_DIR = PIPELINES_DIR.parent / "model_cards"
 PARITY_FILE = "parity/reference_forward.safetensors"
+DEFAULT_OUT = Path("build")
+
+#: How messages name each argument of :func:`build`: the Python names, and the CLI's flags.
+API_NAMES: dict[str, str] = {
+    "out_dir": "out_dir", "checkpoint": "checkpoint", "num_heads": "num_heads", "vae": "vae",
+    "hub_repo_id": "hub_repo_id", "overwrite": "overwrite=True",
+}
+CLI_NAMES: dict[str, str] = {
+    "out_dir": "--out", "checkpoint": "--checkpoint", "num_heads": "--num-heads", "vae": "--vae",
+    "hub_repo_id": "--hub-repo-id", "overwrite": "--overwrite",
+}
 
 
 class ParityError(RuntimeError):
     """The saved pipeline does not reproduce the forward recorded at conversion."""
+
+
+class UploadError(RuntimeError):
+    """The Hub refused or could not take the upload (the built folder is complete and kept)."""
 
 
 @dataclass(frozen=True)
@@ -68,42 +109,255 @@ def repo_specs() -> dict[str, RepoSpec]:
 
 
 #################################################################################
+#                               Checks at the door                              #
+#################################################################################
+
+
+def _names(arg_names: Mapping[str, str] | None) -> dict[str, str]:
+    return {**API_NAMES, **(arg_names or {})}
+
+
+def _first_line(err: BaseException) -> str:
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return lines[0] if lines else type(err).__name__
+
+
+def check_checkpoint_file(checkpoint: str | os.PathLike, name: str = "checkpoint") -> Path:
+    """``checkpoint``: an existing, readable, non-empty local file (its content is checked at conversion)."""
+    text = os.fspath(checkpoint)
+    if text == "":
+        raise InputError(f"{name} is empty; give the official checkpoint file (.pt or .safetensors)")
+    path = Path(text).expanduser()
+    if path.is_dir():
+        raise InputError(f"{name} {text!r} is a folder; give the checkpoint file itself (.pt or .safetensors)")
+    if not path.is_file():
+        raise InputError(f"{name} {text!r} does not exist; give the local official checkpoint file "
+                         "(.pt or .safetensors), or leave it out to download the spec's")
+    if path.stat().st_size == 0:
+        raise InputError(f"{name} {text!r} is empty (0 bytes), not a checkpoint")
+    if not os.access(path, os.R_OK):
+        raise InputError(f"{name} {text!r} is not readable (permission denied)")
+    return path
+
+
+def check_num_heads(num_heads: int | None, spec: RepoSpec, name: str = "num_heads") -> int | None:
+    """``num_heads``: ``None``, or an integer >= 1 that divides the spec's width; for a named architecture
+    (``SIT_CONFIGS``) it must be that architecture's own count (it exists for checkpoints that match none)."""
+    if num_heads is None:
+        return None
+    num_heads = check_int(name, num_heads, minimum=1)
+    named = SIT_CONFIGS.get(spec.model_name)
+    if named is not None:
+        width = named["hidden_size"]
+        if width % num_heads:
+            raise InputError(f"{name} {num_heads} does not divide the width {width} of {spec.model_name} "
+                             f"({spec.name}); its heads: {named['num_heads']}")
+        if num_heads != named["num_heads"]:
+            raise InputError(f"{name} {num_heads}: {spec.name} is {spec.model_name}, which has "
+                             f"{named['num_heads']} heads; drop {name} (it is for checkpoints that match no "
+                             "named config)")
+    return num_heads
+
+
+def check_hub_repo_id(repo_id: str, name: str = "hub_repo_id") -> str:
+    """``repo_id``: a Hub model id ``owner/name``."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    if not isinstance(repo_id, str) or repo_id.count("/") != 1:
+        raise InputError(f"{name} {repo_id!r} is not of the form 'owner/name'")
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as err:
+        raise InputError(f"{name} {repo_id!r} is not a valid Hub repo id 'owner/name': {_first_line(err)}") from None
+    return repo_id
+
+
+def check_target(
+    folder: str | os.PathLike,
+    overwrite: bool = False,
+    keep: Sequence[str | os.PathLike | None] = (),
+    name: str = "out_dir",
+    overwrite_name: str = "overwrite=True",
+) -> Path:
+    """The repo folder to write, absolute: new, an empty folder, or (``overwrite``) a folder holding none of
+    ``keep`` (the inputs) nor the current folder; its nearest existing parent writable. Nothing is created."""
+    text = os.fspath(folder)
+    if text in ("", "."):
+        raise InputError(f"{name} {text!r} is the current folder; give a new folder to write")
+    out = Path(text).expanduser().absolute()
+    if out.exists() or out.is_symlink():
+        if not out.is_dir():
+            raise InputError(f"{name} {text!r} is an existing file, not a folder; give another folder")
+        entries = len(os.listdir(out))
+        if entries and not overwrite:
+            raise InputError(
+                f"{name} {text!r} is a folder that is not empty ({entries} "
+                f"{'entry' if entries == 1 else 'entries'}); pass {overwrite_name} to replace it (once the new "
+                "one is complete), or give another folder"
+            )
+        real = out.resolve()
+        inputs = [Path(os.fspath(k)).expanduser().resolve() for k in keep if k is not None and os.fspath(k)]
+        for inside in (Path.cwd().resolve(), *inputs):
+            if inside == real or real in inside.parents:
+                raise InputError(f"{name} {text!r} holds {str(inside)!r} (an input or the current folder); "
+                                 "refusing to replace it: give another folder")
+    probe = out.parent
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise InputError(f"{name} {text!r}: {str(probe)!r} is a file, so no folder can be made under it")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise InputError(f"{name} {text!r}: {str(probe)!r} is not writable (permission denied)")
+    return out
+
+
+def _offline() -> bool:
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE)
+
+
+def _cached(repo_id: str, filename: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    return isinstance(try_to_load_from_cache(repo_id, filename), str)
+
+
+def locate_vae(vae: str | os.PathLike | None, spec: RepoSpec, name: str = "vae") -> str:
+    """The VAE to load (``vae``, else the spec's): a folder with ``config.json`` or a Hub repo id (offline:
+    in the Hub cache). Nothing is loaded."""
+    if vae is None:
+        if _offline() and not _cached(spec.vae_repo_id, "config.json"):
+            raise InputError(f"the VAE of {spec.name}, {spec.vae_repo_id!r} ({name} default), is not in the local "
+                             f"Hub cache and offline mode is on (HF_HUB_OFFLINE=1); pass {name} FOLDER")
+        return spec.vae_repo_id
+    text = os.fspath(vae)
+    if text == "":
+        raise InputError(f"{name} is empty; give an AutoencoderKL folder or Hub repo id")
+    local = Path(text).expanduser()
+    if local.exists():
+        if not local.is_dir():
+            raise InputError(f"{name} {text!r} is a file; give an AutoencoderKL folder or Hub repo id")
+        if not (local / "config.json").is_file():
+            raise InputError(f"{name} {text!r} has no config.json, so it is not a saved AutoencoderKL")
+        return str(local)
+    if text.startswith((".", "/", "~")) or text.count("/") != 1:
+        raise InputError(f"{name} {text!r} is neither an existing folder nor a Hub repo id 'owner/name'")
+    check_hub_repo_id(text, name)
+    if _offline() and not _cached(text, "config.json"):
+        raise InputError(f"{name} {text!r} is not in the local Hub cache and offline mode is on "
+                         "(HF_HUB_OFFLINE=1); pass a local AutoencoderKL folder")
+    return text
+
+
+def check_build_inputs(
+    spec: RepoSpec,
+    out_dir: str | os.PathLike,
+    checkpoint: str | os.PathLike | None = None,
+    vae: str | os.PathLike | None = None,
+    num_heads: int | None = None,
+    hub_repo_id: str | None = None,
+    overwrite: bool = False,
+    arg_names: Mapping[str, str] | None = None,
+) -> Path:
+    """Every argument of :func:`build` that can be checked without reading the checkpoint; the absolute
+    repo folder. ``InputError`` names the argument as ``arg_names`` says (default: the Python names)."""
+    names = _names(arg_names)
+    if not isinstance(spec, RepoSpec):
+        raise InputError(f"spec must be a RepoSpec, got {type(spec).__name__}")
+    if checkpoint is not None:
+        check_checkpoint_file(checkpoint, names["checkpoint"])
+    elif _offline() and not _cached(spec.source_repo_id, spec.source_filename):
+        raise InputError(f"the official checkpoint of {spec.name}, {spec.source_repo_id}/{spec.source_filename}, "
+                         "is not in the local Hub cache and offline mode is on (HF_HUB_OFFLINE=1); download it "
+                         f"once online or pass {names['checkpoint']} FILE")
+    check_num_heads(num_heads, spec, names["num_heads"])
+    if hub_repo_id is not None:
+        check_hub_repo_id(hub_repo_id, names["hub_repo_id"])
+    locate_vae(vae, spec, names["vae"])
+    return check_target(out_dir, overwrite, [checkpoint, vae], names["out_dir"], names["overwrite"])
+
+
+#################################################################################
 #                                   Build steps                                 #
 #################################################################################
 
 
-def fetch_checkpoint(spec: RepoSpec, checkpoint: str | Path | None = None) -> Path:
-    """The local official checkpoint: ``checkpoint`` if given, else downloaded from the spec's Hub repo."""
-    if checkpoint is not None:
-        path = Path(checkpoint)
-        if not path.is_file():
-            raise FileNotFoundError(f"checkpoint {path} does not exist")
-        return path
-    from huggingface_hub import HfApi, hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError
+def fetch_checkpoint(spec: RepoSpec, checkpoint: str | Path | None = None, *, name: str = "checkpoint") -> Path:
+    """The local official checkpoint: ``checkpoint`` if given, else downloaded from the spec's Hub repo.
 
+    Raises:
+        InputError: ``checkpoint`` (named ``name``) is missing, a folder or empty.
+        CheckpointNotFoundError: the spec's Hub file cannot be had (offline, no such repo or file, gated).
+    """
+    if checkpoint is not None:
+        return check_checkpoint_file(checkpoint, name)
+    from huggingface_hub import HfApi, hf_hub_download
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        GatedRepoError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+    )
+
+    where = f"{spec.source_repo_id}/{spec.source_filename} (pipelines/{spec.name}/repo.json)"
     try:
         return Path(hf_hub_download(spec.source_repo_id, spec.source_filename))
+    except LocalEntryNotFoundError as err:
+        raise CheckpointNotFoundError(
+            f"{where} is not in the local Hub cache and cannot be downloaded (offline, or no connection); "
+            f"download it once online, or pass {name} FILE"
+        ) from err
+    except GatedRepoError as err:
+        raise CheckpointNotFoundError(f"{where}: the repo is gated; accept its terms and log in") from err
+    except RepositoryNotFoundError as err:
+        raise CheckpointNotFoundError(f"{where}: no such Hub repo; fix source_repo_id in the spec") from err
     except EntryNotFoundError as err:
         files = HfApi().list_repo_files(spec.source_repo_id)
-        raise FileNotFoundError(
+        raise CheckpointNotFoundError(
             f"{spec.source_repo_id} has no {spec.source_filename!r}; it holds {sorted(files)}. "
             f"Fix source_filename in pipelines/{spec.name}/repo.json."
         ) from err
 
 
-def convert_checkpoint(path: Path, spec: RepoSpec, num_heads: int | None = None) -> SiTTransformer2DModel:
-    """Official checkpoint -> eval-mode transformer, checked against the spec's architecture and classes."""
+def convert_checkpoint(
+    path: Path,
+    spec: RepoSpec,
+    num_heads: int | None = None,
+    *,
+    checkpoint_name: str = "checkpoint",
+    num_heads_name: str = "num_heads",
+) -> SiTTransformer2DModel:
+    """Official checkpoint -> eval-mode transformer, checked against the spec's architecture and classes.
+
+    Raises:
+        ConversionError: not a SiT checkpoint, or not the spec's architecture / number of classes (naming
+            the file as ``checkpoint_name``).
+        InputError: ``num_heads`` is not an integer >= 1 dividing the width, or is needed and not given.
+    """
+    text = os.fspath(path)
     if num_heads is None and spec.model_name in SIT_CONFIGS:
         num_heads = SIT_CONFIGS[spec.model_name]["num_heads"]
-    config, state_dict = convert_official_state_dict(load_official_state_dict(path, use_ema=True), num_heads)
+    state = load_official_state_dict(path, use_ema=True, name=checkpoint_name)
+    try:
+        config = infer_official_config(state, num_heads, num_heads_name=num_heads_name)
+        config, state_dict = convert_official_state_dict(state, config["num_heads"])
+    except ConversionError as err:
+        raise ConversionError(f"{checkpoint_name} {text!r}: {err}") from err
     if spec.model_name in SIT_CONFIGS:
         expected = SIT_CONFIGS[spec.model_name]
         wrong = {k: (config[k], v) for k, v in expected.items() if k in config and config[k] != v}
         if wrong:
-            raise ValueError(f"{path} is not a {spec.model_name}: (found, expected) {wrong}")
+            raise ConversionError(
+                f"{checkpoint_name} {text!r} is not a {spec.model_name}, as {spec.name} needs: (found, expected) "
+                f"{wrong}"
+            )
     if config["num_classes"] != spec.num_classes:
-        raise ValueError(f"{path} has {config['num_classes']} classes, the spec says {spec.num_classes}")
+        raise ConversionError(
+            f"{checkpoint_name} {text!r} has {config['num_classes']} classes, the spec of {spec.name} says "
+            f"{spec.num_classes}"
+        )
     transformer = SiTTransformer2DModel(**config)
     transformer.load_state_dict(state_dict, strict=True)
     return transformer.eval()
@@ -127,11 +381,36 @@ def reference_forward(transformer: SiTTransformer2DModel, inputs: dict[str, torc
     return out.float().cpu()
 
 
-def load_vae(vae: str | Path | None, spec: RepoSpec):
-    """The VAE the paper used (``spec.vae_repo_id``), or a local folder / other repo id."""
+def load_vae(vae: str | Path | None, spec: RepoSpec, *, name: str = "vae"):
+    """The VAE the paper used (``spec.vae_repo_id``), or a local folder / other repo id; ``InputError``
+    (naming ``name``) when it cannot be found or loaded."""
     from diffusers import AutoencoderKL
+    from diffusers.utils import logging as diffusers_logging
 
-    return AutoencoderKL.from_pretrained(str(vae or spec.vae_repo_id)).eval()
+    source = locate_vae(vae, spec, name)
+    verbosity = diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity(diffusers_logging.CRITICAL)  # its retries log errors: ours is one line
+    try:
+        return AutoencoderKL.from_pretrained(source).eval()
+    except (OSError, ValueError) as err:  # diffusers: missing files, no connection, a config it cannot use
+        what = f"{name} {os.fspath(vae)!r}" if vae is not None else f"the VAE {source!r} of {spec.name}"
+        raise InputError(f"{what} cannot be loaded as an AutoencoderKL ({_first_line(err)})") from err
+    finally:
+        diffusers_logging.set_verbosity(verbosity)
+
+
+def check_vae_fits(vae, transformer: SiTTransformer2DModel, spec: RepoSpec, name: str = "vae") -> None:
+    """The VAE's latent channels are the transformer's and ``latent side x VAE factor`` is the resolution."""
+    if vae is None:
+        return
+    cfg = transformer.config
+    if vae.config.latent_channels != cfg.in_channels:
+        raise InputError(f"{name}: the VAE has {vae.config.latent_channels} latent channels, the transformer "
+                         f"takes {cfg.in_channels}")
+    factor = 2 ** (len(vae.config.block_out_channels) - 1)
+    if cfg.sample_size * factor != spec.resolution:
+        raise InputError(f"{name}: latent {cfg.sample_size} x VAE factor {factor} != resolution {spec.resolution} "
+                         f"of {spec.name}")
 
 
 def assemble_pipeline(transformer: SiTTransformer2DModel, spec: RepoSpec, vae):
@@ -139,12 +418,7 @@ def assemble_pipeline(transformer: SiTTransformer2DModel, spec: RepoSpec, vae):
     from sit_diffusers.pipeline_sit import SiTPipeline
     from sit_diffusers.scheduling_sit import SiTSampler
 
-    if vae is not None:
-        factor = 2 ** (len(vae.config.block_out_channels) - 1)
-        if transformer.config.sample_size * factor != spec.resolution:
-            raise ValueError(
-                f"latent {transformer.config.sample_size} x VAE factor {factor} != resolution {spec.resolution}"
-            )
+    check_vae_fits(vae, transformer, spec)
     id2label = imagenet_id2label() if spec.num_classes == IMAGENET_NUM_CLASSES else None
     pipe = SiTPipeline(
         transformer=transformer, scheduler=SiTSampler.from_preset(spec.default_preset), vae=vae, id2label=id2label
@@ -178,18 +452,63 @@ def _sha256(path: Path) -> str:
 
 
 def upload(folder: Path, repo_id: str, token: str | None = None, private: bool = False) -> str:
-    """Create ``repo_id`` if needed and upload ``folder`` with ``HfApi.upload_folder``; returns the repo URL."""
+    """Create ``repo_id`` if needed and upload ``folder`` with ``HfApi.upload_folder``; returns the repo URL.
+
+    Raises ``UploadError`` (one line) when the Hub refuses or cannot be reached."""
     from huggingface_hub import HfApi
 
     api = HfApi(token=token)
-    url = api.create_repo(repo_id, repo_type="model", exist_ok=True, private=private)
-    api.upload_folder(
-        folder_path=str(folder),
-        repo_id=repo_id,
-        repo_type="model",
-        commit_message=f"SiT pipeline converted from the official checkpoint ({folder.name})",
-    )
+    try:
+        url = api.create_repo(repo_id, repo_type="model", exist_ok=True, private=private)
+        api.upload_folder(
+            folder_path=str(folder),
+            repo_id=repo_id,
+            repo_type="model",
+            commit_message=f"SiT pipeline converted from the official checkpoint ({folder.name})",
+        )
+    except OSError as err:  # HfHubHTTPError, no token, no connection
+        raise UploadError(f"upload of {folder} to {repo_id} failed ({_first_line(err)}); the folder is complete: "
+                          f"upload it with `hf upload {repo_id} {folder}`") from err
     return str(url)
+
+
+def _write_atomically(output: Path, write: Callable[[Path], None]) -> None:
+    """Run ``write(tmp)`` on a new folder beside ``output``, then put that folder in place of ``output``.
+
+    On any failure (or Ctrl-C) the temporary folder and any parent folder made for it are removed, and an
+    existing ``output`` is left as it was.
+    """
+    made = [p for p in (output.parent, *output.parent.parents) if not p.exists()]  # deepest first
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tag = f"{os.getpid()}-{secrets.token_hex(4)}"
+    tmp = output.parent / f".{output.name}.partial-{tag}"
+    old = None
+    try:
+        tmp.mkdir()
+        write(tmp)
+        if output.exists() or output.is_symlink():  # an empty folder, or overwrite
+            old = output.parent / f".{output.name}.old-{tag}"
+            output.rename(old)
+            try:
+                tmp.rename(output)
+            except BaseException:
+                old.rename(output)
+                raise
+        else:
+            tmp.rename(output)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        for folder in made:
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+        raise
+    if old is not None:  # the new output is in place: drop the replaced one
+        if old.is_symlink():
+            old.unlink()
+        else:
+            shutil.rmtree(old)
 
 
 def build(
@@ -202,37 +521,61 @@ def build(
     hub_repo_id: str | None = None,
     token: str | None = None,
     private: bool = False,
+    *,
+    overwrite: bool = False,
+    arg_names: Mapping[str, str] | None = None,
 ) -> BuildResult:
-    """All steps for one repo; writes ``out_dir`` (created) and uploads it unless ``dry_run``."""
+    """All steps for one repo: writes ``out_dir`` and uploads it unless ``dry_run``.
+
+    Every argument is checked first (:func:`check_build_inputs`), then the checkpoint is converted and
+    checked and the VAE loaded, and only then is anything written: into a temporary folder beside ``out_dir``,
+    renamed into place once the parity check passed. ``out_dir`` must be new or empty unless ``overwrite``.
+    ``arg_names`` says how error messages name the arguments (the CLI passes :data:`CLI_NAMES`).
+
+    Raises:
+        InputError (ConversionError, CheckpointNotFoundError): a bad argument or checkpoint, nothing written.
+        ParityError: the saved folder does not reproduce the converted transformer; nothing written.
+        UploadError: the upload failed; the folder is complete.
+    """
     from safetensors.torch import save_file
 
-    folder = Path(out_dir)
-    folder.mkdir(parents=True, exist_ok=True)
-    ckpt = fetch_checkpoint(spec, checkpoint)
-    transformer = convert_checkpoint(ckpt, spec, num_heads)
+    names = _names(arg_names)
+    folder = check_build_inputs(spec, out_dir, checkpoint, vae, num_heads, hub_repo_id, overwrite, arg_names)
+    ckpt = fetch_checkpoint(spec, checkpoint, name=names["checkpoint"])
+    transformer = convert_checkpoint(ckpt, spec, num_heads, checkpoint_name=names["checkpoint"],
+                                     num_heads_name=names["num_heads"])
+    vae_model = load_vae(vae, spec, name=names["vae"])
+    check_vae_fits(vae_model, transformer, spec, names["vae"])
+    source_sha256 = _sha256(ckpt)
 
     inputs = reference_inputs(transformer)
     recorded = {**inputs, "out": reference_forward(transformer, inputs)}
-
-    pipe = assemble_pipeline(transformer, spec, load_vae(vae, spec))
-    pipe.save_pretrained(str(folder), safe_serialization=True)
-    (folder / PARITY_FILE).parent.mkdir(exist_ok=True)
-    save_file({k: v.contiguous() for k, v in recorded.items()}, str(folder / PARITY_FILE))
-    (folder / "README.md").write_text(render_model_card(spec), encoding="utf-8")
+    pipe = assemble_pipeline(transformer, spec, vae_model)
     info = {
         "name": spec.name,
         "source": f"{spec.source_repo_id}/{spec.source_filename}" if checkpoint is None else str(checkpoint),
-        "source_sha256": _sha256(ckpt),
+        "source_sha256": source_sha256,
         "transformer_config": {k: v for k, v in transformer.config.items() if not k.startswith("_")},
         "sampler_preset": spec.default_preset,
         "vae": str(vae or spec.vae_repo_id),
         "torch": torch.__version__,
     }
-    (folder / "build_info.json").write_text(json.dumps(info, indent=2, default=str) + "\n", encoding="utf-8")
+    diffs: list[float] = []
 
-    diff = check_parity(folder)
+    def write(tmp: Path) -> None:
+        pipe.save_pretrained(str(tmp), safe_serialization=True)
+        (tmp / PARITY_FILE).parent.mkdir(exist_ok=True)
+        save_file({k: v.contiguous() for k, v in recorded.items()}, str(tmp / PARITY_FILE))
+        (tmp / "README.md").write_text(render_model_card(spec), encoding="utf-8")
+        (tmp / "build_info.json").write_text(json.dumps(info, indent=2, default=str) + "\n", encoding="utf-8")
+        try:
+            diffs.append(check_parity(tmp))
+        except ParityError as err:
+            raise ParityError(f"{spec.name}: {err}; nothing was written to {folder}") from err
+
+    _write_atomically(folder, write)
     uploaded = None if dry_run else upload(folder, hub_repo_id or spec.hub_repo_id, token, private)
-    return BuildResult(spec.name, folder, diff, uploaded)
+    return BuildResult(spec.name, folder, diffs[0], uploaded)
 
 
 def render_cards(specs: dict[str, RepoSpec], cards_dir: Path = CARDS_DIR) -> list[Path]:
@@ -250,41 +593,113 @@ def render_cards(specs: dict[str, RepoSpec], cards_dir: Path = CARDS_DIR) -> lis
 #################################################################################
 
 
-def main(argv: list[str] | None = None) -> int:
-    specs = repo_specs()
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+class _Parser(argparse.ArgumentParser):
+    """argparse whose errors (unknown flag, missing value, bad type) are one-line ``InputError``s."""
+
+    def error(self, message: str) -> NoReturn:
+        raise InputError(message)
+
+
+def build_parser(specs: Mapping[str, RepoSpec]) -> argparse.ArgumentParser:
+    parser = _Parser(prog=PROG, description=__doc__.split("\n\n")[0], allow_abbrev=False)
     parser.add_argument("repos", nargs="*", metavar="REPO", help=f"repos to build: {', '.join(specs)}")
     parser.add_argument("--all", action="store_true", help="build every repo")
-    parser.add_argument("--out", type=Path, default=Path("build"), help="parent folder of the built repos")
-    parser.add_argument("--checkpoint", type=Path, help="local official checkpoint (one repo only)")
+    parser.add_argument("--out", default=None,
+                        help=f"parent folder of the built repos (default {DEFAULT_OUT}); <out>/<repo> must be new "
+                             "or empty unless --overwrite")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing <out>/<repo> (once the new one is complete)")
+    parser.add_argument("--checkpoint", help="local official checkpoint (one repo only)")
     parser.add_argument("--vae", help=f"VAE folder or repo id (default: the spec's, {RepoSpec.vae_repo_id})")
     parser.add_argument("--num-heads", type=int,
                         help="attention heads, for a checkpoint that matches no named config (one repo only)")
-    parser.add_argument("--hub-repo-id", help="publish under this id instead of the spec's (one repo only)")
+    parser.add_argument("--hub-repo-id", help="publish under this id 'owner/name' instead of the spec's "
+                                              "(one repo only)")
     parser.add_argument("--dry-run", action="store_true", help="write the folder, upload nothing")
     parser.add_argument("--private", action="store_true", help="create the Hub repo private")
     parser.add_argument("--token", help="Hub token (default: the logged-in one)")
     parser.add_argument("--render-cards", action="store_true", help="only (re)write model_cards/<name>.md")
-    args = parser.parse_args(argv)
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
+    return parser
+
+
+def _repo_names(args: argparse.Namespace, specs: Mapping[str, RepoSpec]) -> list[str]:
+    """The repos to build, each a known name (the closest suggested), none twice, one source of names."""
+    if args.all:
+        if args.repos:
+            raise InputError(f"--all builds every repo; drop it or the REPO names {args.repos}")
+        return list(specs)
+    if not args.repos:
+        raise InputError(f"name at least one REPO ({', '.join(specs)}) or pass --all")
+    names = [check_choice("REPO", name, specs) for name in args.repos]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise InputError(f"REPO {twice[0]!r} is named more than once")
+    return names
+
+
+def _run(argv: Sequence[str]) -> int:
+    specs = repo_specs()
+    args = build_parser(specs).parse_args(argv)
 
     if args.render_cards:
-        for path in render_cards(specs):
+        given = [flag for flag, value in (
+            ("REPO", args.repos), ("--all", args.all), ("--out", args.out), ("--overwrite", args.overwrite),
+            ("--checkpoint", args.checkpoint), ("--vae", args.vae), ("--num-heads", args.num_heads),
+            ("--hub-repo-id", args.hub_repo_id), ("--dry-run", args.dry_run), ("--private", args.private),
+            ("--token", args.token)) if value is not None and value is not False and value != []]
+        if given:
+            raise InputError(f"--render-cards only (re)writes model_cards/<name>.md and builds nothing; drop "
+                             f"{', '.join(given)}")
+        for path in render_cards(specs, CARDS_DIR):
             print(f"wrote {path}")
         return 0
-    names = list(specs) if args.all else args.repos
-    if not names:
-        parser.error("name at least one repo or pass --all")
-    unknown = sorted(set(names) - set(specs))
-    if unknown:
-        parser.error(f"unknown repos {unknown}; valid: {', '.join(specs)}")
-    if len(names) > 1 and (args.checkpoint or args.hub_repo_id or args.num_heads):
-        parser.error("--checkpoint / --hub-repo-id / --num-heads apply to a single repo")
+
+    names = _repo_names(args, specs)
+    if len(names) > 1:
+        for flag, value in (("--checkpoint", args.checkpoint), ("--hub-repo-id", args.hub_repo_id),
+                            ("--num-heads", args.num_heads)):
+            if value is not None:
+                raise InputError(f"{flag} {value!r} applies to a single repo; this run builds {len(names)}: "
+                                 f"{', '.join(names)}")
+    if args.token == "":
+        raise InputError("--token is empty; give a Hub token, or leave it out for the logged-in one")
+    if not args.dry_run and args.token is None:
+        from huggingface_hub import get_token
+
+        if get_token() is None:
+            raise InputError("uploading needs a Hub token: pass --token, log in (`hf auth login`), or pass "
+                             "--dry-run to only write the folder")
+    if args.out == "":
+        raise InputError("--out is empty; give the parent folder of the built repos")
+    out = DEFAULT_OUT if args.out is None else Path(args.out).expanduser()
+    for name in names:  # every repo checked before the first one is built
+        check_build_inputs(specs[name], out / name, args.checkpoint, args.vae, args.num_heads, args.hub_repo_id,
+                           args.overwrite, CLI_NAMES)
     for name in names:
-        result = build(specs[name], args.out / name, args.checkpoint, args.vae, args.num_heads, dry_run=args.dry_run,
-                       hub_repo_id=args.hub_repo_id, token=args.token, private=args.private)
+        result = build(specs[name], out / name, args.checkpoint, args.vae, args.num_heads, dry_run=args.dry_run,
+                       hub_repo_id=args.hub_repo_id, token=args.token, private=args.private,
+                       overwrite=args.overwrite, arg_names=CLI_NAMES)
         where = result.uploaded_to or "not uploaded (--dry-run)"
         print(f"{name}: {result.folder} (parity max |diff| {result.parity_max_abs_diff:.2e}); {where}")
     return 0
+
+
+def _cli(argv: Sequence[str]) -> int:
+    """:func:`_run`, with a parity or upload failure as one line and status 1."""
+    try:
+        return _run(argv)
+    except (ParityError, UploadError) as err:
+        if "--debug" in argv:
+            traceback.print_exc()
+        print(f"{PROG}: error: {err}", file=sys.stderr)
+        return 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The command line: 0 on success; 2 (one line on stderr) for a bad flag, file or checkpoint; 1 for a
+    parity or upload failure."""
+    return run_cli(PROG, _cli, argv)
 
 
 if __name__ == "__main__":

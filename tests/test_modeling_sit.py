@@ -242,7 +242,7 @@ def test_demo_runs_and_reports_the_model(capsys):
     """The README's main job: a forward pass of a named model, printing shapes and parameters."""
     from sit_diffusers import demo
 
-    result = demo.main(["--model", "SiT-S/8", "--sample-size", "16", "--batch-size", "2"])
+    result = demo.run(["--model", "SiT-S/8", "--sample-size", "16", "--batch-size", "2"])
     text = capsys.readouterr().out
     with torch.device("meta"):
         expected = SiTTransformer2DModel.from_name("SiT-S/8", sample_size=16)

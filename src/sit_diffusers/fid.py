@@ -21,20 +21,31 @@ Two ship here:
   ``sit_diffusers.evaluation``, for the MNIST-scale model that runs without any download.
 
 Sample files are the ADM format: ``np.savez(path, arr_0=uint8 array (N, H, W, 3))``.
+
+Command line: ``python -m sit_diffusers.fid SAMPLES.npz REFERENCE.npz [--extractor digits]`` prints the four
+numbers as JSON. Every argument is checked before any image is read (the ``.npz`` headers, the extractor and
+its weights); a bad one prints one line ``python -m sit_diffusers.fid: error: ...`` and exits with status 2,
+``--debug`` shows the traceback.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
 import pickle
+import sys
 import warnings
-from collections.abc import Iterator
+import zipfile
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import NoReturn, Protocol, runtime_checkable
 
 import numpy as np
 import torch
+
+from .validation import InputError, NonFiniteError, check_choice, check_int, run_cli
 
 __all__ = [
     "DigitFeatureExtractor",
@@ -43,15 +54,28 @@ __all__ = [
     "Features",
     "InceptionExtractor",
     "Metrics",
+    "WeightsNotFoundError",
+    "check_npz_images",
     "compute_metrics",
     "extract_features",
     "frechet_distance",
     "inception_score",
     "load_npz_images",
     "make_extractor",
+    "npz_array_header",
     "precision_recall",
     "save_npz_images",
 ]
+
+#: Extractor names of :func:`make_extractor` and ``--extractor``.
+EXTRACTORS: tuple[str, ...] = ("inception", "digits")
+#: Nearest neighbour of the precision / recall manifolds (ADM, Kynkaenniemi et al.): sets need ``K + 1`` points.
+PR_NEIGHBOURS: int = 3
+DIGIT_SIZE: tuple[int, int] = (28, 28)
+
+
+class WeightsNotFoundError(InputError, FileNotFoundError):
+    """The FID Inception weights are not given or not on disk (see ``docs/fid.md``)."""
 
 
 #################################################################################
@@ -82,16 +106,19 @@ class FeatureExtractor(Protocol):
     def __call__(self, images: np.ndarray) -> Features: ...
 
 
-def _check_images(images: np.ndarray) -> np.ndarray:
+def _check_images(images: np.ndarray, name: str = "images") -> np.ndarray:
     images = np.asarray(images)
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] not in (1, 3):
-        raise ValueError(f"expected uint8 images (N, H, W, 3) or (N, H, W, 1), got {images.dtype} {images.shape}")
+        raise InputError(
+            f"{name} must be uint8 images (N, H, W, 3) or (N, H, W, 1), got {images.dtype} {images.shape}"
+        )
     return images
 
 
 def extract_features(extractor: FeatureExtractor, images: np.ndarray, batch_size: int = 250) -> Features:
     """Run ``extractor`` over ``images`` (N, H, W, C) uint8 in batches; float64 features (and logits)."""
     images = _check_images(images)
+    batch_size = check_int("batch_size", batch_size, minimum=1)
     feats, logits = [], []
     for start in range(0, len(images), batch_size):
         out = extractor(images[start : start + batch_size])
@@ -122,20 +149,40 @@ class InceptionExtractor:
         self.device = torch.device(device)
 
     @classmethod
-    def from_file(cls, path: str | os.PathLike, device: str | torch.device = "cpu") -> InceptionExtractor:
-        """Load a TorchScript ``.pt`` (``torch.jit.load``) or a pickled ``.pkl`` Inception file."""
-        path = Path(path)
+    def from_file(
+        cls, path: str | os.PathLike, device: str | torch.device = "cpu", *, name: str = "Inception weights"
+    ) -> InceptionExtractor:
+        """Load a TorchScript ``.pt`` (``torch.jit.load``) or a pickled ``.pkl`` Inception file.
+
+        Raises:
+            WeightsNotFoundError: no file at ``path``; InputError: a file that is not a loadable module.
+            ``name`` is how the messages name the file (a CLI passes its flag).
+        """
+        text = os.fspath(path)
+        path = Path(text).expanduser()
         if not path.is_file():
-            raise FileNotFoundError(
-                f"Inception weights not found at {path}; see docs/fid.md for the file and where to get it"
+            what = "is a folder" if path.is_dir() else "not found"
+            raise WeightsNotFoundError(
+                f"{name} {text!r} {what}; see docs/fid.md for the FID Inception file and where to get it"
             )
-        if path.suffix == ".pkl":
-            with open(path, "rb") as f:
-                module = pickle.load(f)  # noqa: S301 - user-supplied trusted file, documented above
-        else:
-            with warnings.catch_warnings():  # the published port is TorchScript; torch deprecates jit.load
-                warnings.simplefilter("ignore", DeprecationWarning)
-                module = torch.jit.load(str(path), map_location="cpu")
+        try:
+            if path.suffix == ".pkl":
+                with open(path, "rb") as f:
+                    module = pickle.load(f)  # noqa: S301 - user-supplied trusted file, documented above
+            else:
+                with warnings.catch_warnings():  # the published port is TorchScript; torch deprecates jit.load
+                    warnings.simplefilter("ignore", DeprecationWarning)
+                    module = torch.jit.load(str(path), map_location="cpu")
+        except Exception as err:  # torch.jit.load / pickle raise many types on a file that is not the model
+            first = next((line for line in str(err).splitlines() if line.strip()), "")
+            raise InputError(
+                f"{name} {text!r} could not be loaded as the FID Inception module ({type(err).__name__}: "
+                f"{first}); see docs/fid.md"
+            ) from err
+        if not isinstance(module, torch.nn.Module):
+            raise InputError(
+                f"{name} {text!r} holds a {type(module).__name__}, not the FID Inception module; see docs/fid.md"
+            )
         return cls(module, device)
 
     @torch.no_grad()
@@ -162,7 +209,7 @@ class DigitFeatureExtractor:
 
     def __init__(self, classifier: torch.nn.Module | None = None) -> None:
         if classifier is None:
-            from .evaluation import load_classifier
+            from .digit_classifier import load_classifier
 
             classifier = load_classifier()
         self.classifier = classifier.eval()
@@ -170,8 +217,8 @@ class DigitFeatureExtractor:
     @torch.no_grad()
     def __call__(self, images: np.ndarray) -> Features:
         images = _check_images(images)
-        if images.shape[1:3] != (28, 28):
-            raise ValueError(f"the digit classifier takes 28 x 28 images, got {images.shape[1:3]}")
+        if images.shape[1:3] != DIGIT_SIZE:
+            raise InputError(f"the digit classifier takes 28 x 28 images, got {images.shape[1]} x {images.shape[2]}")
         if images.shape[-1] == 3:
             grey = images.astype(np.float64) @ np.array([0.299, 0.587, 0.114])  # (N, 28, 28)
             images = np.clip(np.round(grey), 0, 255).astype(np.uint8)[..., None]
@@ -195,7 +242,10 @@ class FIDStatistics:
 
     @classmethod
     def from_features(cls, features: np.ndarray) -> FIDStatistics:
+        """Mean and unbiased covariance of ``features`` ``(N, D)``, ``N >= 2``, in float64."""
         features = np.asarray(features, dtype=np.float64)
+        if features.ndim != 2 or features.shape[0] < 2:
+            raise InputError(f"features must have shape (N >= 2, D) for a covariance, got {features.shape}")
         return cls(features.mean(axis=0), np.cov(features, rowvar=False))
 
 
@@ -215,7 +265,7 @@ def frechet_distance(a: FIDStatistics, b: FIDStatistics) -> float:
     mu_a, mu_b = np.atleast_1d(a.mu), np.atleast_1d(b.mu)
     s_a, s_b = np.atleast_2d(a.sigma), np.atleast_2d(b.sigma)
     if mu_a.shape != mu_b.shape or s_a.shape != s_b.shape:
-        raise ValueError(f"statistics of different dimension: {mu_a.shape} vs {mu_b.shape}")
+        raise InputError(f"statistics of different dimension: {mu_a.shape} vs {mu_b.shape}")
     root_a = _psd_sqrt(s_a)
     middle = root_a @ s_b @ root_a
     tr_covmean = np.sqrt(np.clip(np.linalg.eigvalsh((middle + middle.T) / 2), 0, None)).sum()
@@ -280,8 +330,13 @@ def precision_recall(
     """
     reference = np.asarray(reference, dtype=np.float64)
     samples = np.asarray(samples, dtype=np.float64)
+    k = check_int("k", k, minimum=1)
+    block = check_int("block", block, minimum=1)
     if min(len(reference), len(samples)) <= k:
-        raise ValueError(f"precision/recall with k={k} needs more than {k} points per set")
+        raise InputError(
+            f"precision/recall with k={k} needs more than {k} points per set, got {len(samples)} samples and "
+            f"{len(reference)} references"
+        )
     ref_radii = _knn_radii(reference, k, block)
     sample_radii = _knn_radii(samples, k, block)
     precision = _inside_fraction(samples, reference, ref_radii, block)
@@ -314,10 +369,31 @@ def compute_metrics(
 ) -> Metrics:
     """FID, IS (if the extractor has logits), precision and recall of ``samples`` against ``reference``.
 
-    Both are uint8 image arrays ``(N, H, W, 3)`` (``load_npz_images`` of ADM ``.npz`` files).
+    Both are uint8 image arrays ``(N, H, W, 3)`` (``load_npz_images`` of ADM ``.npz`` files) of at least
+    ``PR_NEIGHBOURS + 1 = 4`` images (a covariance needs 2; precision / recall the 3rd nearest neighbour).
+
+    Raises:
+        InputError: bad images, sizes or counts (checked before any feature is computed).
+        NonFiniteError: the extractor returned NaN / inf features.
     """
+    samples = _check_images(samples, "samples")
+    reference = _check_images(reference, "reference")
+    batch_size = check_int("batch_size", batch_size, minimum=1)
+    split_size = check_int("split_size", split_size, minimum=1)
+    for name, images in (("samples", samples), ("reference", reference)):
+        if len(images) <= PR_NEIGHBOURS:
+            raise InputError(
+                f"{name} holds {len(images)} image(s); the metrics need at least {PR_NEIGHBOURS + 1} (a covariance "
+                f"needs 2, precision / recall the {PR_NEIGHBOURS}rd nearest neighbour)"
+            )
     sample_feats = extract_features(extractor, samples, batch_size)
     ref_feats = extract_features(extractor, reference, batch_size)
+    for name, feats in (("samples", sample_feats), ("reference", ref_feats)):
+        for what, array in (("features", feats.features), ("logits", feats.logits)):
+            if array is not None and not np.isfinite(array).all():
+                raise NonFiniteError(
+                    f"{extractor.name} {what} of the {name} hold NaN/inf; the extractor (its weights) is broken"
+                )
     fid = frechet_distance(
         FIDStatistics.from_features(sample_feats.features), FIDStatistics.from_features(ref_feats.features)
     )
@@ -336,15 +412,82 @@ def save_npz_images(path: str | os.PathLike, images: np.ndarray) -> Path:
     images = _check_images(images)
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.npz")
-    np.savez(tmp, arr_0=images)
-    os.replace(tmp, path)
+    try:
+        np.savez(tmp, arr_0=images)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return path
 
 
-def load_npz_images(path: str | os.PathLike) -> np.ndarray:
-    """Read the ``arr_0`` uint8 ``(N, H, W, 3)`` array of an ADM sample / reference batch."""
-    with np.load(path) as data:
-        return _check_images(data["arr_0"])
+def npz_array_header(
+    path: str | os.PathLike, key: str = "arr_0", *, name: str = "path"
+) -> tuple[tuple[int, ...], np.dtype]:
+    """Shape and dtype of ``key`` in the ``.npz`` at ``path``, from its ``.npy`` header (no data is read).
+
+    Raises:
+        InputError: no such file, a folder, not a zip / ``.npz`` archive, no ``key`` in it, or a damaged
+            header; ``name`` is how the message names the file (a CLI passes its flag).
+    """
+    text = os.fspath(path)
+    file = Path(text).expanduser()
+    if not file.is_file():
+        what = "is a folder" if file.is_dir() else "does not exist"
+        raise InputError(f"{name} {text!r} {what}; expected an ADM .npz of uint8 (N, H, W, 3) images")
+    try:
+        with zipfile.ZipFile(file) as archive:
+            members = archive.namelist()
+            if f"{key}.npy" not in members:
+                keys = sorted(m.removesuffix(".npy") for m in members)
+                raise InputError(
+                    f"{name} {text!r} has no {key!r} array (it holds {keys}); expected an ADM .npz of uint8 "
+                    "(N, H, W, 3) images"
+                )
+            with archive.open(f"{key}.npy") as f:
+                version = np.lib.format.read_magic(f)
+                read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                        else np.lib.format.read_array_header_2_0)
+                shape, _, dtype = read(f)
+    except InputError:
+        raise
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as err:
+        size = file.stat().st_size if file.exists() else 0
+        why = "an empty file (0 bytes)" if size == 0 else f"{type(err).__name__}: {err}"
+        raise InputError(f"{name} {text!r} is not a readable .npz archive ({why}); expected an ADM .npz "
+                         "written by numpy.savez") from err
+    return tuple(shape), np.dtype(dtype)
+
+
+def check_npz_images(
+    path: str | os.PathLike, *, name: str = "path", min_count: int = 1, size: tuple[int, int] | None = None
+) -> tuple[int, int, int, int]:
+    """The shape ``(N, H, W, C)`` of the ADM images in ``path``, from the header only: ``arr_0`` must be uint8
+    with ``C`` 1 or 3, ``N >= min_count`` and (if given) ``(H, W) == size``; else an ``InputError``."""
+    shape, dtype = npz_array_header(path, name=name)
+    text = os.fspath(path)
+    if dtype != np.uint8 or len(shape) != 4 or shape[-1] not in (1, 3):
+        raise InputError(f"{name} {text!r}: arr_0 is {dtype} {shape}; expected uint8 images (N, H, W, 3) or "
+                         "(N, H, W, 1), the ADM format")
+    if shape[0] < min_count:
+        raise InputError(f"{name} {text!r} holds {shape[0]} image(s); at least {min_count} are needed")
+    if size is not None and tuple(shape[1:3]) != tuple(size):
+        raise InputError(f"{name} {text!r} holds {shape[1]} x {shape[2]} images; {size[0]} x {size[1]} expected")
+    return shape  # type: ignore[return-value]
+
+
+def load_npz_images(path: str | os.PathLike, *, name: str = "path") -> np.ndarray:
+    """Read the ``arr_0`` uint8 ``(N, H, W, 3)`` array of an ADM sample / reference batch.
+
+    Raises ``InputError`` naming ``name`` for a missing, damaged or non-ADM file."""
+    check_npz_images(path, name=name)
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            images = data["arr_0"]
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as err:
+        raise InputError(f"{name} {os.fspath(path)!r}: arr_0 cannot be read ({type(err).__name__}: {err}); the file "
+                         "is damaged") from err
+    return _check_images(images, f"{name} {os.fspath(path)!r}")
 
 
 #################################################################################
@@ -352,42 +495,85 @@ def load_npz_images(path: str | os.PathLike) -> np.ndarray:
 #################################################################################
 
 
-def make_extractor(name: str, inception_weights: str | os.PathLike | None = None) -> FeatureExtractor:
-    """``"inception"`` (weights from ``inception_weights`` or ``$SIT_FID_INCEPTION``) or ``"digits"``."""
+def make_extractor(
+    name: str, inception_weights: str | os.PathLike | None = None, *, weights_name: str | None = None
+) -> FeatureExtractor:
+    """``"inception"`` (weights from ``inception_weights`` or ``$SIT_FID_INCEPTION``) or ``"digits"``.
+
+    ``weights_name`` is how messages name ``inception_weights`` (default ``inception_weights``; a CLI
+    passes its flag); the environment variable is named as ``SIT_FID_INCEPTION``.
+    """
+    name = check_choice("extractor", name, EXTRACTORS)
     if name == "digits":
         return DigitFeatureExtractor()
-    if name != "inception":
-        raise ValueError(f"unknown extractor {name!r}; valid: 'inception', 'digits'")
     weights = inception_weights or os.environ.get("SIT_FID_INCEPTION")
+    flag = weights_name or "inception_weights"
     if not weights:
-        raise FileNotFoundError(
-            "the Inception extractor needs its weights: pass inception_weights / --inception-weights or set "
-            "SIT_FID_INCEPTION (docs/fid.md); or use the offline extractor 'digits'"
+        raise WeightsNotFoundError(
+            f"the Inception extractor needs its weights: pass {flag} PATH or set SIT_FID_INCEPTION "
+            "(docs/fid.md); or use the offline extractor 'digits'"
         )
-    return InceptionExtractor.from_file(weights)
+    return InceptionExtractor.from_file(weights, name=flag if inception_weights else "SIT_FID_INCEPTION")
 
 
-def main(argv: list[str] | None = None) -> Metrics:
-    """``python -m sit_diffusers.fid SAMPLES.npz REFERENCE.npz``: the four numbers, as ADM's evaluator."""
-    import argparse
-    import json
+PROG = "python -m sit_diffusers.fid"
 
-    parser = argparse.ArgumentParser(prog="python -m sit_diffusers.fid", description=main.__doc__)
-    parser.add_argument("samples", help="ADM .npz of generated images (arr_0, uint8 NHWC)")
-    parser.add_argument("reference", help="ADM .npz of real images")
-    parser.add_argument("--extractor", choices=["inception", "digits"], default="inception")
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose errors (unknown flag, missing value, bad type) are one-line ``InputError``s."""
+
+    def error(self, message: str) -> NoReturn:
+        raise InputError(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog=PROG, description="FID, Inception Score, precision and recall of two ADM .npz files, "
+                     "as ADM's evaluator; printed as JSON.", allow_abbrev=False)
+    parser.add_argument("samples", metavar="SAMPLES", help="ADM .npz of generated images (arr_0, uint8 NHWC)")
+    parser.add_argument("reference", metavar="REFERENCE", help="ADM .npz of real images")
+    parser.add_argument("--extractor", default="inception",
+                        help=f"feature network: {', '.join(EXTRACTORS)} (default inception; digits: offline, "
+                             "28 x 28 images)")
     parser.add_argument("--inception-weights", help="FID Inception file (default: $SIT_FID_INCEPTION)")
-    parser.add_argument("--batch-size", type=int, default=250)
-    args = parser.parse_args(argv)
-    try:
-        extractor = make_extractor(args.extractor, args.inception_weights)
-    except FileNotFoundError as err:
-        parser.error(str(err))
-    metrics = compute_metrics(load_npz_images(args.samples), load_npz_images(args.reference), extractor,
-                              batch_size=args.batch_size)
+    parser.add_argument("--batch-size", type=int, default=250, help="images per extractor call (>= 1)")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
+    return parser
+
+
+def run(argv: Sequence[str] | None = None) -> Metrics:
+    """The command without the exit-status handling: check every argument, score, print JSON; the metrics.
+
+    Raises ``InputError`` (naming the argument) for anything bad, before any image data is read."""
+    args = build_parser().parse_args(argv)
+    check_int("--batch-size", args.batch_size, minimum=1)
+    extractor_name = check_choice("--extractor", args.extractor, EXTRACTORS)
+    if args.inception_weights == "":
+        raise InputError("--inception-weights is empty; give the FID Inception file (docs/fid.md)")
+    if extractor_name == "digits" and args.inception_weights is not None:
+        raise InputError(f"--inception-weights {args.inception_weights!r} applies to --extractor inception; "
+                         "drop it or drop --extractor digits")
+    size = DIGIT_SIZE if extractor_name == "digits" else None
+    for flag, path in (("SAMPLES", args.samples), ("REFERENCE", args.reference)):
+        check_npz_images(path, name=flag, min_count=PR_NEIGHBOURS + 1, size=size)
+    extractor = make_extractor(extractor_name, args.inception_weights, weights_name="--inception-weights")
+    samples = load_npz_images(args.samples, name="SAMPLES")
+    reference = load_npz_images(args.reference, name="REFERENCE")
+    metrics = compute_metrics(samples, reference, extractor, batch_size=args.batch_size)
     print(json.dumps(metrics.as_dict(), indent=2))
     return metrics
 
 
+def _cli(argv: Sequence[str]) -> int:
+    run(argv)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m sit_diffusers.fid SAMPLES.npz REFERENCE.npz``: the four numbers, as ADM's evaluator.
+
+    Returns the exit status: 0, 2 for a bad argument or file (one line on stderr), 1 for NaN features."""
+    return run_cli(PROG, _cli, argv)
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
