@@ -218,12 +218,11 @@ def test_fid_cli_scores_two_npz_files(tmp_path, capsys, monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         torch.jit.save(torch.jit.script(_TinyInception()), str(weights))
-    metrics = fid.main([str(same), str(ref), "--inception-weights", str(weights)])
+    metrics = fid.run([str(same), str(ref), "--inception-weights", str(weights)])
     assert metrics.fid == pytest.approx(0.0, abs=1e-9) and (metrics.precision, metrics.recall) == (1.0, 1.0)
     assert json.loads(capsys.readouterr().out)["num_reference"] == 12
     monkeypatch.delenv("SIT_FID_INCEPTION", raising=False)
-    with pytest.raises(SystemExit):  # no Inception weights anywhere: a usage error naming docs/fid.md
-        fid.main([str(same), str(ref)])
+    assert fid.main([str(same), str(ref)]) == 2  # no Inception weights anywhere: a usage error
     assert "docs/fid.md" in capsys.readouterr().err
 
 
@@ -507,6 +506,8 @@ BAD_INPUTS = [
     pytest.param(["--out", "{tmp}/a-file"], ["--out", "a-file", "not a folder"], id="out-is-a-file"),
     pytest.param(["--out", "{tmp}/a-file/run"], ["--out", "a-file/run", "not a folder"], id="out-under-a-file"),
     pytest.param(["--reference", "{tmp}/none.npz"], ["--reference", "none.npz", "does not exist"], id="ref-missing"),
+    pytest.param(["--reference", "{files}/ref.npz", "--inception-weights", "{files}/inception.pt"],
+                 ["--num-samples 2 with --reference", "at least 4"], id="ref-too-few-samples"),
     pytest.param(["--reference", "{files}"], ["--reference", "is a folder"], id="ref-folder"),
     pytest.param(["--reference", "{files}/not-zip.npz"], ["--reference", "not-zip.npz", "not a readable .npz"],
                  id="ref-not-npz"),
@@ -516,7 +517,7 @@ BAD_INPUTS = [
     pytest.param(["--reference", "{files}/big.npz", "--inception-weights", "{files}/inception.pt"],
                  ["--reference", "big.npz", "32 x 32", "16 x 16"], id="ref-wrong-size"),
     pytest.param(["--reference", "{files}/ref.npz", "--extractor", "digits"],
-                 ["--reference", "ref.npz", "16 x 16", "--extractor digits"], id="ref-vs-digits"),
+                 ["--reference", "ref.npz", "16 x 16", "28 x 28"], id="ref-vs-digits"),
     pytest.param(["--reference", "{files}/ref.npz"], ["--inception-weights", "SIT_FID_INCEPTION", "docs/fid.md"],
                  id="weights-none"),
     pytest.param(["--reference", "{files}/ref.npz", "--inception-weights", "{tmp}/inc.pt"],

@@ -39,7 +39,6 @@ import logging
 import os
 import sys
 import time
-import zipfile
 from collections.abc import Sequence
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
@@ -290,45 +289,15 @@ def assemble_npz(folder: Path, num_samples: int, out_path: Path) -> np.ndarray:
 # ===========================================================================
 
 
-def npz_array_header(path: Path, key: str = "arr_0") -> tuple[tuple[int, ...], np.dtype]:
-    """Shape and dtype of ``key`` in the ``.npz`` at ``path``, from its ``.npy`` header (no data read)."""
-    with zipfile.ZipFile(path) as archive:
-        member = f"{key}.npy"
-        if member not in archive.namelist():
-            keys = sorted(n.removesuffix(".npy") for n in archive.namelist())
-            raise InputError(f"--reference {str(path)!r} has no {key!r} array (it holds {keys}); "
-                             "expected an ADM .npz of uint8 (N, H, W, 3) images")
-        with archive.open(member) as f:
-            version = np.lib.format.read_magic(f)
-            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-            shape, _, dtype = read(f)
-    return tuple(shape), np.dtype(dtype)
-
-
 def check_reference(cfg: SampleConfig) -> tuple[int, int, int, int] | None:
-    """``--reference``: a readable ADM ``.npz`` whose ``arr_0`` is uint8 ``(N, H, W, 3 or 1)``; its shape."""
+    """``--reference``: a readable ADM ``.npz`` whose ``arr_0`` is uint8 ``(N, H, W, 3 or 1)`` with enough
+    images for the metrics (28 x 28 for ``--extractor digits``), from its header only; its shape."""
     if cfg.reference is None:
         return None
-    path = Path(cfg.reference)
-    if not path.is_file():
-        what = "is a folder" if path.is_dir() else "does not exist"
-        raise InputError(f"--reference {cfg.reference!r} {what}; expected an ADM .npz of real images")
-    if not os.access(path, os.R_OK):
-        raise InputError(f"--reference {cfg.reference!r} is not readable")
-    try:
-        shape, dtype = npz_array_header(path)
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as err:
-        if isinstance(err, InputError):
-            raise
-        raise InputError(f"--reference {cfg.reference!r} is not a readable .npz file "
-                         f"({type(err).__name__}: {err})") from err
-    if dtype != np.uint8 or len(shape) != 4 or shape[-1] not in (1, 3) or shape[0] < 1:
-        raise InputError(f"--reference {cfg.reference!r}: arr_0 is {dtype} {shape}; expected uint8 "
-                         "(N, H, W, 3) images with N >= 1 (the ADM format)")
-    if cfg.extractor == "digits" and tuple(shape[1:3]) != DIGITS_SIZE:
-        raise InputError(f"--reference {cfg.reference!r} holds {shape[1]} x {shape[2]} images; "
-                         f"--extractor digits takes {DIGITS_SIZE[0]} x {DIGITS_SIZE[1]}")
-    return shape  # type: ignore[return-value]
+    from sit_diffusers.fid import DIGIT_SIZE, PR_NEIGHBOURS, check_npz_images
+
+    size = DIGIT_SIZE if cfg.extractor == "digits" else None
+    return check_npz_images(cfg.reference, name="--reference", min_count=PR_NEIGHBOURS + 1, size=size)
 
 
 def inception_weights_path(cfg: SampleConfig) -> str | None:
@@ -356,6 +325,15 @@ def check_files(cfg: SampleConfig) -> tuple[int, int, int, int] | None:
     if cfg.pipeline and Path(cfg.pipeline).expanduser().is_file():
         raise InputError(f"--pipeline {cfg.pipeline!r} is a file; pass a saved pipeline folder or a Hub repo id")
     return shape
+
+
+def check_enough_samples(cfg: SampleConfig) -> None:
+    """With ``--reference``: enough samples for the metrics (a covariance, the k-th nearest neighbour)."""
+    from sit_diffusers.fid import PR_NEIGHBOURS
+
+    if cfg.num_samples <= PR_NEIGHBOURS:
+        raise InputError(f"--num-samples {cfg.num_samples} with --reference: the metrics need at least "
+                         f"{PR_NEIGHBOURS + 1} images (precision / recall use the {PR_NEIGHBOURS}rd nearest neighbour)")
 
 
 def load_pipeline(cfg: SampleConfig):
@@ -577,6 +555,7 @@ def run(cfg: SampleConfig) -> dict[str, Any]:
         try:
             if cfg.reference:
                 extractor = reference_extractor(cfg)
+                check_enough_samples(cfg)
             check_resume(out, identity)
             verdict = [(identity, None)]
         except InputError as err:
