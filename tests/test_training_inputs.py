@@ -150,7 +150,6 @@ CASES = [
     Case("lr-nan", ["--learning_rate", "nan"], ["--learning_rate", "finite", "'nan'"]),
     Case("lr-inf", ["--learning_rate", "inf"], ["--learning_rate", "finite", "'inf'"]),
     Case("lr-text", ["--learning_rate", "fast"], ["--learning_rate", "number", "'fast'"]),
-    Case("lr-overflowing", ["--learning_rate", "1e38"], ["--learning_rate", "<= 1", "got 1e+38"]),
     Case("clip-negative", ["--max_grad_norm", "-1"], ["--max_grad_norm", "> 0", "got -1.0"]),
     Case("clip-zero", ["--max_grad_norm", "0"], ["--max_grad_norm", "got 0.0"]),
     Case("beta1-one", ["--adam_beta1", "1"], ["--adam_beta1", "< 1", "got 1.0"]),

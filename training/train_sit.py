@@ -522,8 +522,10 @@ def _together(accelerator: Any, work: Any) -> Any:
 
 
 def _nonfinite_error(cfg: TrainConfig, step: int, loss: float, grad_norm: float | None,
-                     last_checkpoint: str | None) -> NonFiniteError:
-    what = [f"loss {loss}"] if not math.isfinite(loss) else []
+                     last_checkpoint: str | None, what: list[str] | None = None) -> NonFiniteError:
+    what = list(what or [])
+    if not math.isfinite(loss):
+        what.append(f"loss {loss}")
     if grad_norm is not None and not math.isfinite(grad_norm):
         what.append(f"gradient norm {grad_norm}")
     if not what:
@@ -650,7 +652,13 @@ def train(cfg: TrainConfig, dataset: Any | None = None) -> Path:
         if bool(bad.any()):
             raise _nonfinite_error(cfg, done, float(step_loss), None if grad_norm is None else float(grad_norm),
                                    last_checkpoint)
-        optimizer.step()
+        try:
+            optimizer.step()
+        except RuntimeError as err:  # AdamW's step size lr / (1 - beta1^t) beyond float32: a huge learning rate
+            if "overflow" not in str(err):
+                raise
+            raise _nonfinite_error(cfg, done, float(step_loss), None if grad_norm is None else float(grad_norm),
+                                   last_checkpoint, what=["AdamW step size (beyond float32)"]) from err
         lr_scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         update_ema(ema_params, params, cfg.ema_decay)
