@@ -39,17 +39,16 @@ import argparse
 import hashlib
 import json
 import os
-import secrets
-import shutil
 import sys
 import traceback
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
 
 import torch
 
+from sit_diffusers.atomic import write_folder_atomically
 from sit_diffusers.conversion import (
     CheckpointNotFoundError,
     ConversionError,
@@ -60,7 +59,7 @@ from sit_diffusers.conversion import (
 from sit_diffusers.labels import IMAGENET_NUM_CLASSES, imagenet_id2label
 from sit_diffusers.model_card import RepoSpec, load_repo_spec, render_model_card
 from sit_diffusers.modeling_sit import SIT_CONFIGS, SiTTransformer2DModel
-from sit_diffusers.validation import InputError, check_choice, check_int, run_cli
+from sit_diffusers.validation import InputError, check_choice, check_int, check_writable_dir, run_cli
 
 PROG = "build_hub_repo.py"
 PIPELINES_DIR = Path(__file__).resolve().parent
@@ -202,13 +201,7 @@ def check_target(
             if inside == real or real in inside.parents:
                 raise InputError(f"{name} {text!r} holds {str(inside)!r} (an input or the current folder); "
                                  "refusing to replace it: give another folder")
-    probe = out.parent
-    while not probe.exists():
-        probe = probe.parent
-    if not probe.is_dir():
-        raise InputError(f"{name} {text!r}: {str(probe)!r} is a file, so no folder can be made under it")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise InputError(f"{name} {text!r}: {str(probe)!r} is not writable (permission denied)")
+    check_writable_dir(name, out.parent, text)
     return out
 
 
@@ -472,45 +465,6 @@ def upload(folder: Path, repo_id: str, token: str | None = None, private: bool =
     return str(url)
 
 
-def _write_atomically(output: Path, write: Callable[[Path], None]) -> None:
-    """Run ``write(tmp)`` on a new folder beside ``output``, then put that folder in place of ``output``.
-
-    On any failure (or Ctrl-C) the temporary folder and any parent folder made for it are removed, and an
-    existing ``output`` is left as it was.
-    """
-    made = [p for p in (output.parent, *output.parent.parents) if not p.exists()]  # deepest first
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tag = f"{os.getpid()}-{secrets.token_hex(4)}"
-    tmp = output.parent / f".{output.name}.partial-{tag}"
-    old = None
-    try:
-        tmp.mkdir()
-        write(tmp)
-        if output.exists() or output.is_symlink():  # an empty folder, or overwrite
-            old = output.parent / f".{output.name}.old-{tag}"
-            output.rename(old)
-            try:
-                tmp.rename(output)
-            except BaseException:
-                old.rename(output)
-                raise
-        else:
-            tmp.rename(output)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        for folder in made:
-            try:
-                folder.rmdir()
-            except OSError:
-                break
-        raise
-    if old is not None:  # the new output is in place: drop the replaced one
-        if old.is_symlink():
-            old.unlink()
-        else:
-            shutil.rmtree(old)
-
-
 def build(
     spec: RepoSpec,
     out_dir: str | Path,
@@ -573,7 +527,7 @@ def build(
         except ParityError as err:
             raise ParityError(f"{spec.name}: {err}; nothing was written to {folder}") from err
 
-    _write_atomically(folder, write)
+    write_folder_atomically(folder, write)
     uploaded = None if dry_run else upload(folder, hub_repo_id or spec.hub_repo_id, token, private)
     return BuildResult(spec.name, folder, diffs[0], uploaded)
 

@@ -26,15 +26,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import secrets
-import shutil
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
 import torch
 
+from sit_diffusers.atomic import write_folder_atomically
 from sit_diffusers.conversion import (
     ConversionError,
     convert_official_state_dict,
@@ -43,7 +42,7 @@ from sit_diffusers.conversion import (
 )
 from sit_diffusers.modeling_sit import SIT_CONFIGS, SiTTransformer2DModel
 from sit_diffusers.scheduling_sit import SAMPLER_PRESETS
-from sit_diffusers.validation import InputError, check_choice, run_cli
+from sit_diffusers.validation import InputError, check_choice, check_writable_dir, run_cli
 
 PROG = "convert_sit_to_diffusers.py"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -137,13 +136,7 @@ def _check_output(value: Path, overwrite: bool, keep: Sequence[Path | None]) -> 
                     f"--output {text!r} holds {str(inside)!r} (an input or the current folder); refusing to "
                     "replace it: give another folder"
                 )
-    probe = out.parent
-    while not probe.exists():
-        probe = probe.parent
-    if not probe.is_dir():
-        raise InputError(f"--output {text!r}: {str(probe)!r} is a file, so no folder can be made under it")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise InputError(f"--output {text!r}: {str(probe)!r} is not writable (permission denied)")
+    check_writable_dir("--output", out.parent, text)
     return out
 
 
@@ -245,45 +238,6 @@ def _build_pipeline(model: SiTTransformer2DModel, vae, sampler: str | None):
     return pipe
 
 
-def _write_atomically(output: Path, write: Callable[[Path], None]) -> None:
-    """Run ``write(tmp)`` on a new folder beside ``output``, then put that folder in place of ``output``.
-
-    On any failure (or Ctrl-C) the temporary folder and any parent folder made for it are removed, and an
-    existing ``output`` is left as it was.
-    """
-    made = [p for p in (output.parent, *output.parent.parents) if not p.exists()]  # deepest first
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tag = f"{os.getpid()}-{secrets.token_hex(4)}"
-    tmp = output.parent / f".{output.name}.partial-{tag}"
-    old = None
-    try:
-        tmp.mkdir()
-        write(tmp)
-        if output.exists() or output.is_symlink():  # an empty folder, or --overwrite
-            old = output.parent / f".{output.name}.old-{tag}"
-            output.rename(old)
-            try:
-                tmp.rename(output)
-            except BaseException:
-                old.rename(output)
-                raise
-        else:
-            tmp.rename(output)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        for folder in made:
-            try:
-                folder.rmdir()
-            except OSError:
-                break
-        raise
-    if old is not None:  # the new output is in place: drop the replaced one
-        if old.is_symlink():
-            old.unlink()
-        else:
-            shutil.rmtree(old)
-
-
 def convert(args: argparse.Namespace) -> Path:
     """Check every input, convert, write atomically; returns the folder holding the transformer."""
     dtype = DTYPES[check_choice("--dtype", args.dtype, DTYPES)]
@@ -334,7 +288,7 @@ def convert(args: argparse.Namespace) -> Path:
             _build_pipeline(model, vae, args.sampler).save_pretrained(folder, safe_serialization=True)
             _verify_saved(model, folder / "transformer")
 
-    _write_atomically(output, write)
+    write_folder_atomically(output, write)
     print(f"wrote {output} (transformer reloaded and verified bit-identical)")
     return output if args.transformer_only else output / "transformer"
 

@@ -354,7 +354,7 @@ BAD_ARGS = [
             ("--output", "out' is a folder that is not empty (1 entry)", "--overwrite")),
     BadArgs("output-is-a-file", lambda r: _args(out=_file_output(r))(r), ("--output", "is an existing file")),
     BadArgs("output-under-a-file", lambda r: _args(out=_under_a_file(r))(r),
-            ("--output", "plain' is a file, so no folder can be made under it")),
+            ("--output", "plain' exists and is not a folder (it is a file, so no folder can be made under it)")),
     BadArgs("output-parent-not-writable", _args(), ("--output", "is not writable"), patch=_deny_write),
     BadArgs("output-holds-the-checkpoint", lambda r: _args(
         ckpt=str(Path(_inputs_inside_output(r)) / "model.pt"), out=str(r / "in"))(r) + ["--overwrite"],

@@ -48,6 +48,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from sit_diffusers.atomic import write_file_atomically
 from sit_diffusers.validation import (
     InputError,
     NonFiniteError,
@@ -212,10 +213,8 @@ def png_path(folder: Path, index: int) -> Path:
 
 def write_png(path: Path, image: np.ndarray) -> None:
     """Save ``image`` uint8 ``(H, W, 3)`` or ``(H, W, 1)`` atomically: a temp file renamed into place."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     pil = Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
-    pil.save(tmp, format="PNG")
-    os.replace(tmp, path)
+    write_file_atomically(path, lambda tmp: pil.save(tmp, format="PNG"))
 
 
 def png_problem(path: Path, geometry: tuple[int, int, int]) -> str | None:
@@ -476,9 +475,7 @@ def write_run_file(out: Path, cfg: SampleConfig, identity: dict[str, Any]) -> No
     """``run.json`` (atomically; every process writes the same content): the identity plus, for people, the
     pipeline as given."""
     record = {"format": RUN_FILE_FORMAT, "identity": identity, "pipeline": cfg.pipeline}
-    tmp = out / f".{RUN_FILE}.tmp{os.getpid()}"
-    tmp.write_text(json.dumps(record, indent=2) + "\n")
-    os.replace(tmp, out / RUN_FILE)
+    write_file_atomically(out / RUN_FILE, lambda tmp: tmp.write_text(json.dumps(record, indent=2) + "\n"))
 
 
 def reference_extractor(cfg: SampleConfig):

@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -26,6 +24,7 @@ from typing import Any
 import PIL.Image
 import torch
 
+from .atomic import write_file_atomically
 from .validation import (
     MAX_SEED,
     InputError,
@@ -302,18 +301,6 @@ def make_grid(images: Sequence[PIL.Image.Image], pad: int = 2) -> PIL.Image.Imag
     return grid
 
 
-def _save_atomic(image: PIL.Image.Image, path: Path) -> None:
-    """Write ``path`` through a temporary file in the same folder: a failed write leaves no partial PNG."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        image.save(tmp, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _generate(argv: Sequence[str]) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -412,11 +399,11 @@ def _generate(argv: Sequence[str]) -> int:
 
     if args.out.suffix:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        _save_atomic(make_grid(images), args.out)
+        write_file_atomically(args.out, lambda tmp: make_grid(images).save(tmp, format="PNG"))
     else:
         args.out.mkdir(parents=True, exist_ok=True)
         for image, path in zip(images, targets, strict=True):
-            _save_atomic(image, path)
+            write_file_atomically(path, lambda tmp, image=image: image.save(tmp, format="PNG"))
     names = pipe.id2label
     summary = ", ".join(
         f"{i} ({names[i].split(',')[0]})" if i in names else str(i) for i in sorted(set(labels))

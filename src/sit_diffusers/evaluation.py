@@ -46,6 +46,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .atomic import write_file_atomically
 from .digit_classifier import CLASSIFIER_PATH, DigitClassifier, load_classifier
 from .fid import FIDStatistics, frechet_distance
 from .validation import (
@@ -56,6 +57,7 @@ from .validation import (
     check_float,
     check_int,
     check_seed,
+    check_writable_dir,
     run_cli,
 )
 
@@ -365,13 +367,7 @@ def _check_out_file(value: Path, overwrite: bool) -> Path:
         raise InputError(f"--out {text!r} exists; pass --overwrite to replace it, or give a new file")
     if path.exists() and not os.access(path, os.W_OK):
         raise InputError(f"--out {text!r} is not writable (permission denied)")
-    probe = path.parent
-    while not probe.exists() and probe.parent != probe:
-        probe = probe.parent
-    if not probe.is_dir():
-        raise InputError(f"--out {text!r}: {str(probe)!r} is a file, so no folder can be made under it")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise InputError(f"--out {text!r}: {str(probe)!r} is not writable (permission denied)")
+    check_writable_dir("--out", path.parent, text)
     return path
 
 
@@ -445,13 +441,8 @@ def _cmd_train(args: argparse.Namespace) -> None:
     model, acc = train_classifier(epochs=epochs, seed=seed, device=device)
     print(f"held-out accuracy {acc:.4f}  ({time.perf_counter() - t0:.1f} s on {device})")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
-    try:
-        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
-        os.replace(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    write_file_atomically(out, lambda tmp: save_file(state, str(tmp)))
     print(f"saved {out}")
 
 

@@ -45,6 +45,7 @@ from typing import NoReturn, Protocol, runtime_checkable
 import numpy as np
 import torch
 
+from .atomic import write_file_atomically
 from .validation import InputError, NonFiniteError, check_choice, check_int, run_cli
 
 __all__ = [
@@ -411,13 +412,7 @@ def save_npz_images(path: str | os.PathLike, images: np.ndarray) -> Path:
     """Write ``images`` uint8 ``(N, H, W, 3)`` as ADM's ``arr_0``, atomically (temp file + rename)."""
     images = _check_images(images)
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.npz")
-    try:
-        np.savez(tmp, arr_0=images)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    write_file_atomically(path, lambda tmp: np.savez(tmp, arr_0=images), suffix=".npz")
     return path
 
 

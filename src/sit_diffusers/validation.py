@@ -155,19 +155,22 @@ def check_finite_tensor(
     return tensor
 
 
-def check_writable_dir(name: str, path: str | os.PathLike) -> Path:
+def check_writable_dir(name: str, path: str | os.PathLike, given: str | os.PathLike | None = None) -> Path:
     """The folder ``path`` (created later if missing) can be written: its nearest existing ancestor is a
-    writable directory and no part of it is an existing file. Nothing is created."""
+    writable directory and no part of it is an existing file. Nothing is created. Messages name ``given``
+    (what the user typed, e.g. an output file inside ``path``), else ``path``."""
     path = Path(path)
+    shown = str(path if given is None else given)
     probe = path
     while not probe.exists():
         if probe.parent == probe:
             break
         probe = probe.parent
     if probe.exists() and not probe.is_dir():
-        raise InputError(f"{name} {str(path)!r}: {str(probe)!r} exists and is not a folder")
+        raise InputError(f"{name} {shown!r}: {str(probe)!r} exists and is not a folder (it is a file, so no "
+                         "folder can be made under it)")
     if not os.access(probe, os.W_OK | os.X_OK):
-        raise InputError(f"{name} {str(path)!r}: {str(probe)!r} is not writable")
+        raise InputError(f"{name} {shown!r}: {str(probe)!r} is not writable (permission denied)")
     return path
 
 
