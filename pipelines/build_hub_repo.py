@@ -48,7 +48,7 @@ from typing import NoReturn
 
 import torch
 
-from sit_diffusers.atomic import write_folder_atomically
+from sit_diffusers.atomic import check_output_folder, write_folder_atomically
 from sit_diffusers.conversion import (
     CheckpointNotFoundError,
     ConversionError,
@@ -59,7 +59,7 @@ from sit_diffusers.conversion import (
 from sit_diffusers.labels import IMAGENET_NUM_CLASSES, imagenet_id2label
 from sit_diffusers.model_card import RepoSpec, load_repo_spec, render_model_card
 from sit_diffusers.modeling_sit import SIT_CONFIGS, SiTTransformer2DModel
-from sit_diffusers.validation import InputError, check_choice, check_int, check_writable_dir, run_cli
+from sit_diffusers.validation import InputError, check_choice, check_int, run_cli
 
 PROG = "build_hub_repo.py"
 PIPELINES_DIR = Path(__file__).resolve().parent
@@ -172,39 +172,6 @@ def check_hub_repo_id(repo_id: str, name: str = "hub_repo_id") -> str:
     return repo_id
 
 
-def check_target(
-    folder: str | os.PathLike,
-    overwrite: bool = False,
-    keep: Sequence[str | os.PathLike | None] = (),
-    name: str = "out_dir",
-    overwrite_name: str = "overwrite=True",
-) -> Path:
-    """The repo folder to write, absolute: new, an empty folder, or (``overwrite``) a folder holding none of
-    ``keep`` (the inputs) nor the current folder; its nearest existing parent writable. Nothing is created."""
-    text = os.fspath(folder)
-    if text in ("", "."):
-        raise InputError(f"{name} {text!r} is the current folder; give a new folder to write")
-    out = Path(text).expanduser().absolute()
-    if out.exists() or out.is_symlink():
-        if not out.is_dir():
-            raise InputError(f"{name} {text!r} is an existing file, not a folder; give another folder")
-        entries = len(os.listdir(out))
-        if entries and not overwrite:
-            raise InputError(
-                f"{name} {text!r} is a folder that is not empty ({entries} "
-                f"{'entry' if entries == 1 else 'entries'}); pass {overwrite_name} to replace it (once the new "
-                "one is complete), or give another folder"
-            )
-        real = out.resolve()
-        inputs = [Path(os.fspath(k)).expanduser().resolve() for k in keep if k is not None and os.fspath(k)]
-        for inside in (Path.cwd().resolve(), *inputs):
-            if inside == real or real in inside.parents:
-                raise InputError(f"{name} {text!r} holds {str(inside)!r} (an input or the current folder); "
-                                 "refusing to replace it: give another folder")
-    check_writable_dir(name, out.parent, text)
-    return out
-
-
 def _offline() -> bool:
     from huggingface_hub import constants
 
@@ -269,7 +236,7 @@ def check_build_inputs(
     if hub_repo_id is not None:
         check_hub_repo_id(hub_repo_id, names["hub_repo_id"])
     locate_vae(vae, spec, names["vae"])
-    return check_target(out_dir, overwrite, [checkpoint, vae], names["out_dir"], names["overwrite"])
+    return check_output_folder(out_dir, overwrite, [checkpoint, vae], names["out_dir"], names["overwrite"])
 
 
 #################################################################################

@@ -25,7 +25,6 @@ exit with status 2; ``--debug`` shows the traceback.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -33,7 +32,7 @@ from typing import NoReturn
 
 import torch
 
-from sit_diffusers.atomic import write_folder_atomically
+from sit_diffusers.atomic import check_output_folder, write_folder_atomically
 from sit_diffusers.conversion import (
     ConversionError,
     convert_official_state_dict,
@@ -42,7 +41,7 @@ from sit_diffusers.conversion import (
 )
 from sit_diffusers.modeling_sit import SIT_CONFIGS, SiTTransformer2DModel
 from sit_diffusers.scheduling_sit import SAMPLER_PRESETS
-from sit_diffusers.validation import InputError, check_choice, check_writable_dir, run_cli
+from sit_diffusers.validation import InputError, check_choice, run_cli
 
 PROG = "convert_sit_to_diffusers.py"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -110,34 +109,6 @@ def _local_file(ref: str | None) -> Path | None:
         return None
     path = Path(ref).expanduser()
     return path.resolve() if path.exists() else None
-
-
-def _check_output(value: Path, overwrite: bool, keep: Sequence[Path | None]) -> Path:
-    """``--output`` as an absolute path that can be written: new, an empty folder, or (``--overwrite``) a
-    folder holding none of ``keep`` (the inputs) nor the current folder. Nothing is created."""
-    text = str(value)
-    if text in ("", "."):
-        raise InputError(f"--output {text!r} is the current folder; give a new folder to write")
-    out = value.expanduser().absolute()
-    if out.exists() or out.is_symlink():
-        if not out.is_dir():
-            raise InputError(f"--output {text!r} is an existing file, not a folder; give a new folder")
-        entries = len(os.listdir(out))
-        if entries and not overwrite:
-            raise InputError(
-                f"--output {text!r} is a folder that is not empty ({entries} "
-                f"{'entry' if entries == 1 else 'entries'}); pass --overwrite to replace it, or give a new "
-                "folder"
-            )
-        real = out.resolve()
-        for inside in (Path.cwd().resolve(), *(k for k in keep if k is not None)):
-            if inside == real or real in inside.parents:
-                raise InputError(
-                    f"--output {text!r} holds {str(inside)!r} (an input or the current folder); refusing to "
-                    "replace it: give another folder"
-                )
-    check_writable_dir("--output", out.parent, text)
-    return out
 
 
 def _locate_vae(ref: str | None, in_channels: int | None) -> tuple[str, str] | None:
@@ -249,7 +220,8 @@ def convert(args: argparse.Namespace) -> Path:
                 )
     if args.sampler is not None:
         check_choice("--sampler", args.sampler, sorted(SAMPLER_PRESETS))
-    output = _check_output(args.output, args.overwrite, [_local_file(args.checkpoint), _local_file(args.vae)])
+    output = check_output_folder(args.output, args.overwrite, [_local_file(args.checkpoint), _local_file(args.vae)],
+                                 "--output", "--overwrite")
 
     if args.vae is not None:  # an explicit VAE is found before the checkpoint is even read
         _locate_vae(args.vae, None)
