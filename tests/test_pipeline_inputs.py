@@ -308,3 +308,42 @@ def test_objective_refuses_bad_config(kwargs: dict, message: str) -> None:
     with pytest.raises(InputError) as info:
         SiTObjective(**kwargs)
     assert message in str(info.value), str(info.value)
+
+
+def test_step_and_add_noise_refuse_mismatched_tensors() -> None:
+    sampler = SiTSampler(mode="ode", solver="euler")
+    sampler.set_timesteps(4)
+    x = torch.randn(2, 3, 4, 4)
+    with pytest.raises(InputError, match=r"model_output has shape \(1, 3, 4, 4\), sample \(2, 3, 4, 4\)"):
+        sampler.step(torch.randn(1, 3, 4, 4), sampler.timesteps[0], x)  # would broadcast silently
+    with pytest.raises(InputError, match="sample must be a floating-point tensor, got Tensor of dtype torch.int64"):
+        sampler.step(torch.randn(2, 3, 4, 4), sampler.timesteps[0], x.long())
+    with pytest.raises(InputError, match=r"SiT times in \[0, 1\].*\[1.5, -2.0\]"):
+        sampler.add_noise(x, torch.randn_like(x), torch.tensor([1.5, -2.0]))
+    with pytest.raises(InputError, match=r"SiT times in \[0, 1\].*nan"):
+        sampler.add_noise(x, torch.randn_like(x), float("nan"))
+    with pytest.raises(InputError, match=r"timesteps has shape \(3,\)"):
+        sampler.add_noise(x, torch.randn_like(x), torch.tensor([0.1, 0.2, 0.3]))
+    with pytest.raises(InputError, match="noise has shape"):
+        sampler.add_noise(x, torch.randn(1, 3, 4, 4), 0.5)
+
+
+FORWARD_CASES = [
+    ("labels-out-of-range", {"y": torch.tensor([4])}, "class_labels must be in [0, 3]"),
+    ("labels-negative", {"y": torch.tensor([-1])}, "got values in [-1, -1]"),
+    ("labels-fractional", {"y": torch.tensor([0.5])}, "[0.5]"),
+    ("labels-bool", {"y": torch.tensor([True])}, "torch.bool"),
+    ("labels-list", {"y": [0]}, "list"),
+    ("labels-count", {"y": torch.tensor([0, 1])}, "2 entries for a batch of 1"),
+    ("input-3d", {"x": torch.zeros(3, 8, 8)}, "got (3, 8, 8)"),
+    ("input-channels", {"x": torch.zeros(1, 4, 8, 8)}, "got (1, 4, 8, 8)"),
+    ("timestep-count", {"t": torch.tensor([0.1, 0.2])}, "2 entries for a batch of 1"),
+]
+
+
+@pytest.mark.parametrize(("inputs", "message"), [c[1:] for c in FORWARD_CASES], ids=[c[0] for c in FORWARD_CASES])
+def test_model_forward_refuses_bad_input(pipe: SiTPipeline, inputs: dict, message: str) -> None:
+    call = {"x": torch.zeros(1, 3, 8, 8), "t": torch.tensor([0.5]), "y": torch.tensor([0]), **inputs}
+    with pytest.raises(InputError) as info:
+        pipe.transformer(call["x"], call["t"], call["y"])
+    assert message in str(info.value), str(info.value)

@@ -419,22 +419,35 @@ class SiTTransformer2DModel(ModelMixin, ConfigMixin):
             ``sample`` of shape ``(N, in_channels, H, W)`` (the learned-sigma half is not returned).
         """
         cfg = self.config
+        expected = f"(N, {cfg.in_channels}, {cfg.sample_size}, {cfg.sample_size})"
+        if not torch.is_tensor(hidden_states) or hidden_states.ndim != 4:
+            raise InputError(f"expected input {expected}, got {tuple(getattr(hidden_states, 'shape', ()))}")
         n, c, height, width = hidden_states.shape
         if c != cfg.in_channels or height != cfg.sample_size or width != cfg.sample_size:
-            raise ValueError(
-                f"expected input (N, {cfg.in_channels}, {cfg.sample_size}, {cfg.sample_size}), "
-                f"got {tuple(hidden_states.shape)}"
-            )
+            raise InputError(f"expected input {expected}, got {tuple(hidden_states.shape)}")
         device = hidden_states.device
         if not torch.is_tensor(timestep):
             timestep = torch.tensor([float(timestep)], device=device)
         timestep = timestep.to(device).reshape(-1)
         if timestep.numel() not in (1, n):
-            raise ValueError(f"timestep has {timestep.numel()} entries for a batch of {n}")
+            raise InputError(f"timestep has {timestep.numel()} entries for a batch of {n}")
         timestep = timestep.expand(n)  # (N,)
+        if not torch.is_tensor(class_labels) or class_labels.is_complex() or class_labels.dtype == torch.bool:
+            raise InputError(f"class_labels must be an integer tensor (N,), got "
+                             f"{getattr(class_labels, 'dtype', type(class_labels).__name__)}")
+        if class_labels.is_floating_point() and not torch.compiler.is_compiling():  # the official code's float ids
+            if not bool((class_labels == class_labels.round()).all()):
+                raise InputError(f"class_labels must hold integer ids, got {class_labels.reshape(-1)[:8].tolist()}")
         class_labels = class_labels.to(device=device, dtype=torch.long).reshape(-1)  # (N,)
         if class_labels.shape[0] != n:
-            raise ValueError(f"class_labels has {class_labels.shape[0]} entries for a batch of {n}")
+            raise InputError(f"class_labels has {class_labels.shape[0]} entries for a batch of {n}")
+        if not torch.compiler.is_compiling():  # an out-of-range id would index past the label table
+            low, high = int(class_labels.min()), int(class_labels.max())
+            top = cfg.num_classes if cfg.class_dropout_prob > 0 else cfg.num_classes - 1
+            if low < 0 or high > top:
+                raise InputError(f"class_labels must be in [0, {top}] ({cfg.num_classes} classes"
+                                 + (f", null class {cfg.num_classes}" if top == cfg.num_classes else ", no null class")
+                                 + f"), got values in [{low}, {high}]")
 
         x = self.patch_embed(hidden_states) + self.pos_embed  # (N, T, D)
         c_emb = self.time_embed(timestep) + self.class_embed(class_labels, force_drop_ids)  # (N, D)

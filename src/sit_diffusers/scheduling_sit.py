@@ -107,6 +107,16 @@ SAMPLER_PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+def _check_pair(name: str, value: Any, other_name: str, other: Any) -> None:
+    """Two floating-point tensors of one shape (a broadcast between them would silently mix samples)."""
+    for n, v in ((name, value), (other_name, other)):
+        if not isinstance(v, Tensor) or not v.is_floating_point():
+            raise InputError(f"{n} must be a floating-point tensor, got {type(v).__name__}"
+                             + (f" of dtype {v.dtype}" if isinstance(v, Tensor) else ""))
+    if value.shape != other.shape:
+        raise InputError(f"{other_name} has shape {tuple(other.shape)}, {name} {tuple(value.shape)}: they must match")
+
+
 @dataclass
 class SiTSamplerOutput(BaseOutput):
     """Result of :meth:`SiTSampler.sample`.
@@ -356,9 +366,16 @@ class SiTSampler(SchedulerMixin, ConfigMixin):
 
     def add_noise(self, original_samples: Tensor, noise: Tensor, timesteps: Tensor | float) -> Tensor:
         """The interpolant ``x_t = alpha_t x1 + sigma_t x0`` (``timesteps`` in SiT time, ``(N,)`` or scalar)."""
+        _check_pair("original_samples", original_samples, "noise", noise)
         t = torch.as_tensor(timesteps, device=original_samples.device)
         if t.ndim == 0:
             t = t.expand(original_samples.shape[0])
+        if t.shape != (original_samples.shape[0],):
+            raise InputError(f"timesteps has shape {tuple(t.shape)}; expected a scalar or "
+                             f"({original_samples.shape[0]},), one SiT time per sample")
+        if not bool(((t >= 0) & (t <= 1)).all()):  # also refuses NaN
+            raise InputError(f"timesteps must be SiT times in [0, 1] (0 noise, 1 data), got {t.tolist()[:8]}; "
+                             "convert other conventions with sit_diffusers.interpolants.to_sit_time")
         return self._interp.compute_xt(noise, original_samples, t.to(original_samples.dtype))
 
     def brownian_noise(
@@ -419,6 +436,7 @@ class SiTSampler(SchedulerMixin, ConfigMixin):
     ) -> SchedulerOutput | tuple[Tensor]:
         """Advance one entry of ``timesteps``; ``model_output`` is the network's output at
         ``(sample, timestep)``. The state is computed in at least float32 and returned in that dtype."""
+        _check_pair("sample", sample, "model_output", model_output)
         if self.num_inference_steps is None:
             raise RuntimeError("call set_timesteps() before step()")
         i = self._step_index
