@@ -347,3 +347,9 @@ def test_model_forward_refuses_bad_input(pipe: SiTPipeline, inputs: dict, messag
     with pytest.raises(InputError) as info:
         pipe.transformer(call["x"], call["t"], call["y"])
     assert message in str(info.value), str(info.value)
+
+
+@pytest.mark.parametrize("ref", [None, 123, "", "   "], ids=["none", "int", "empty", "blank"])
+def test_from_pretrained_refuses_a_reference_that_is_not_a_path_or_repo_id(ref) -> None:
+    with pytest.raises(InputError, match="pretrained_model_name_or_path"):
+        SiTPipeline.from_pretrained(ref)

@@ -30,6 +30,8 @@ from huggingface_hub.errors import (
 )
 from huggingface_hub.utils import validate_repo_id
 
+from .validation import InputError
+
 #: Files a pipeline needs: configs, weights in safetensors, model card / label tables.
 DEFAULT_ALLOW_PATTERNS: tuple[str, ...] = ("*.json", "*.safetensors", "*.txt", "*.md")
 
@@ -81,7 +83,12 @@ def resolve_pretrained_folder(
         PipelineNotFoundError: the folder does not exist or has no ``model_index.json``; the repo does not
             exist or is gated/private without a token; offline and not cached; unknown revision.
     """
+    if not isinstance(repo_id_or_path, (str, os.PathLike)):
+        raise InputError(f"pretrained_model_name_or_path must be a Hub repo id 'org/name' or a folder, got "
+                         f"{type(repo_id_or_path).__name__} {repo_id_or_path!r}")
     ref = os.fspath(repo_id_or_path)
+    if not ref.strip():
+        raise InputError("pretrained_model_name_or_path is empty; give a Hub repo id 'org/name' or a folder")
     local = Path(ref).expanduser()
     if local.is_dir():
         return _check_pipeline_folder(local, ref)
