@@ -364,3 +364,83 @@ def test_every_configuration_gives_finite_samples():
                                        diffusion_form=form, last_step=last)
                         x = s.sample(fn, z, 4, generator=torch.Generator().manual_seed(1)).sample
                         assert torch.isfinite(x).all(), (path, pred, solver, form, last)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the diffusers step contract: every fixed-step solver, begin index, index_for_timestep
+# ----------------------------------------------------------------------------------------------------------
+
+STEP_SOLVERS = [
+    {"mode": "ode", "solver": "euler"}, {"mode": "ode", "solver": "heun"}, {"mode": "ode", "solver": "midpoint"},
+    {"mode": "ode", "solver": "rk4"}, {"mode": "sde", "solver": "euler"}, {"mode": "sde", "solver": "heun"},
+    {"mode": "sde", "solver": "euler", "last_step": None}, {"mode": "sde", "solver": "heun", "last_step": "tweedie"},
+    {"mode": "ode", "solver": "heun", "path_type": "vp", "prediction": "noise"},
+]
+
+
+def _step_loop(sampler: SiTSampler, fn, x, seed: int, timesteps=None) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    for t in sampler.timesteps if timesteps is None else timesteps:
+        x_in = sampler.scale_model_input(x, t, generator=g)
+        x = sampler.step(fn(x_in, t.expand(x.shape[0])), t, x, generator=g).prev_sample
+    return x
+
+
+@pytest.mark.parametrize("kw", STEP_SOLVERS, ids=lambda kw: "-".join(str(v) for v in kw.values()))
+def test_every_fixed_step_solver_steps_exactly_like_sample(official, kw):
+    z, fn = official["data"]["z"], official["fn"]
+    sampler = SiTSampler(**kw)
+    ref = sampler.sample(fn, z, 5, generator=torch.Generator().manual_seed(3))
+    sampler.set_timesteps(5)
+    assert len(sampler.timesteps) == ref.nfe  # one entry per model call
+    assert torch.equal(_step_loop(sampler, fn, z, 3), ref.sample)  # the same arithmetic, bit for bit
+
+
+@pytest.mark.parametrize("kw", STEP_SOLVERS[:6], ids=lambda kw: "-".join(str(v) for v in kw.values()))
+def test_add_noise_then_step_from_begin_index_equals_the_full_loop_from_there(official, kw):
+    """img2img / SDEdit: starting the loop at timesteps[b] from a given state is the full loop whose state at
+    index b is that state; with set_begin_index and with the index found from the first timestep."""
+    z, fn = official["data"]["z"], official["fn"]
+    sampler = SiTSampler(**kw)
+    sampler.set_timesteps(6)
+    b = 2 * sampler.order  # the start of solver step 2
+    x_b = sampler.add_noise(torch.randn_like(z), z, sampler.timesteps[b])  # data ~ N(0, I) noised to t_b
+    # the full loop, its state replaced by x_b just before entry b
+    g = torch.Generator().manual_seed(1)
+    x = z
+    for i, t in enumerate(sampler.timesteps):
+        if i == b:
+            x, g = x_b, torch.Generator().manual_seed(1)
+        x_in = sampler.scale_model_input(x, t, generator=g)
+        x = sampler.step(fn(x_in, t.expand(x.shape[0])), t, x, generator=g).prev_sample
+    sampler.set_timesteps(6)
+    sampler.set_begin_index(b)
+    assert sampler.begin_index == b
+    assert torch.equal(_step_loop(sampler, fn, x_b, 1, sampler.timesteps[b:]), x)
+    sampler.set_timesteps(6)  # no begin index: found from the first timestep given
+    assert torch.equal(_step_loop(sampler, fn, x_b, 1, sampler.timesteps[b:]), x)
+    assert sampler.step_index == len(sampler.timesteps)
+
+
+def test_step_contract_errors_are_clear():
+    sampler = SiTSampler(mode="ode", solver="heun")
+    sampler.set_timesteps(4)
+    assert sampler.index_for_timestep(sampler.timesteps[2]) == 2  # t_1 ends step 0 and starts step 1: the start
+    with pytest.raises(ValueError, match="timestep 0.123 is not in this sampler's timesteps"):
+        sampler.index_for_timestep(0.123)
+    with pytest.raises(ValueError, match="begin_index 3 falls inside a heun step"):
+        sampler.set_begin_index(3)
+    with pytest.raises(ValueError, match="begin_index 99 is past the 8 timesteps"):
+        sampler.set_begin_index(99)
+    with pytest.raises(NotImplementedError, match="dopri5 is adaptive: it chooses its step times"):
+        SiTSampler(mode="ode", solver="dopri5").set_timesteps(4)
+    heun = SiTSampler(mode="sde", solver="heun")
+    heun.set_timesteps(4)
+    x = torch.zeros(1, 2, 2, 2)
+    with pytest.raises(RuntimeError, match="scale_model_input"):  # its noise comes before the model call
+        heun.step(x, heun.timesteps[0], x)
+
+
+def test_compatibles_are_the_flow_matching_schedulers():
+    names = {cls.__name__ for cls in SiTSampler().compatibles}
+    assert {"FlowMatchEulerDiscreteScheduler", "FlowMatchHeunDiscreteScheduler"} <= names

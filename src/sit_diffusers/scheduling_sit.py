@@ -3,12 +3,16 @@
 Time runs as in the official code (t = 0 noise, t = 1 data, forward in t); the network gets raw SiT time.
 Two entries:
 
-* the diffusers loop for fixed-step solvers (ODE ``euler`` / ``heun``, SDE ``euler``)::
+* the diffusers loop for every fixed-step solver (ODE ``euler`` / ``heun`` / ``midpoint`` / ``rk4``, SDE
+  ``euler`` / ``heun``; adaptive solvers have no fixed timesteps)::
 
-      sampler.set_timesteps(n)
-      for t in sampler.timesteps:                      # SiT times of the model calls
-          out = model(x, t.expand(len(x)), y).sample   # velocity / score / noise, as configured
+      sampler.set_timesteps(n)                         # sampler.set_begin_index(k) to start at timesteps[k]
+      for t in sampler.timesteps:                      # SiT times of the model calls (every solver stage)
+          x_in = sampler.scale_model_input(x, t, generator=g)   # x itself, except stochastic Heun's noise
+          out = model(x_in, t.expand(len(x)), y).sample         # velocity / score / noise, as configured
           x = sampler.step(out, t, x, generator=g).prev_sample
+
+  It does the arithmetic of :meth:`SiTSampler.sample` (the same stage generators), bit for bit.
 
 * :meth:`SiTSampler.sample` for every solver, adaptive ones included, which takes ``model_fn(x, t)``.
 
@@ -55,8 +59,6 @@ from .solvers import (
     ODE_ADAPTIVE_SOLVERS,
     ODE_FIXED_SOLVERS,
     SDE_SOLVERS,
-    euler_maruyama_step,
-    euler_step,
     integrate_adaptive,
     integrate_fixed,
 )
@@ -160,6 +162,9 @@ class SiTSampler(SchedulerMixin, ConfigMixin):
     """
 
     config_name = "scheduler_config.json"
+    # diffusers schedulers with an exact conversion to this sampler: the rectified-flow ODE of the Linear
+    # path with a velocity model (their sigma = 1 - t, their velocity = minus ours; interpolants.to_sit_time)
+    _compatibles = ["FlowMatchEulerDiscreteScheduler", "FlowMatchHeunDiscreteScheduler"]
 
     @register_to_config
     def __init__(
@@ -249,8 +254,12 @@ class SiTSampler(SchedulerMixin, ConfigMixin):
         self.num_inference_steps: int | None = None
         self.timesteps = torch.empty(0)
         self._grid = torch.empty(0)
-        self._step_index = 0
-        self._heun_cache: tuple[Tensor, Tensor] | None = None
+        self._plan: list[tuple[int, int]] = []  # timesteps[i] is stage plan[i][1] of solver step plan[i][0]
+        self._step_index: int | None = None
+        self._begin_index: int | None = None
+        self._stages: Any = None  # the running stage generator of the current solver step
+        self._pending: tuple[Tensor, Tensor] | None = None  # its next evaluation point (x_j, t_j)
+        self._prepared: int | None = None  # step index whose noise scale_model_input added (stochastic Heun)
 
     # ------------------------------------------------------------------------------------------------
     # construction helpers
@@ -299,8 +308,60 @@ class SiTSampler(SchedulerMixin, ConfigMixin):
 
     @property
     def order(self) -> int:  # type: ignore[override]
-        """Entries of ``timesteps`` per inference step (diffusers' meaning): 2 for the ODE Heun, else 1."""
-        return 2 if (self._mode == "ode" and self._solver == "heun") else 1
+        """Entries of ``timesteps`` (model calls) per solver step, diffusers' meaning: 1 for Euler and
+        Euler-Maruyama, 2 for Heun, midpoint and the stochastic Heun, 4 for RK4 (the SDE's last step is one
+        more entry); adaptive solvers: 1 (they have no fixed steps)."""
+        if self.is_adaptive:
+            return 1
+        if self._mode == "ode":
+            return ODE_FIXED_SOLVERS[self._solver].evals
+        return SDE_SOLVERS[self._solver].evals
+
+    @property
+    def step_index(self) -> int | None:
+        """Index in ``timesteps`` of the next :meth:`step` (``None`` until the first call)."""
+        return self._step_index
+
+    @property
+    def begin_index(self) -> int | None:
+        """First index of ``timesteps`` the loop uses, set by :meth:`set_begin_index` (``None``: found from
+        the first ``timestep`` given to :meth:`step`)."""
+        return self._begin_index
+
+    def set_begin_index(self, begin_index: int = 0) -> None:
+        """Start the step loop at ``timesteps[begin_index]`` (diffusers' img2img / SDEdit contract: noise the
+        data to ``timesteps[begin_index]`` with :meth:`add_noise`, then step over ``timesteps[begin_index:]``).
+        It must be the first model call of a solver step."""
+        begin_index = check_int("begin_index", begin_index, minimum=0)
+        if self.num_inference_steps is not None:
+            if begin_index >= len(self.timesteps):
+                raise InputError(f"begin_index {begin_index} is past the {len(self.timesteps)} timesteps")
+            if self._plan[begin_index][1] != 0:
+                raise InputError(
+                    f"begin_index {begin_index} falls inside a {self._solver} step (stage "
+                    f"{self._plan[begin_index][1]}); start at a step boundary, e.g. a multiple of {self.order}"
+                )
+        self._begin_index = begin_index
+
+    def index_for_timestep(self, timestep: Tensor | float, schedule_timesteps: Tensor | None = None) -> int:
+        """Index of ``timestep`` in ``timesteps`` (diffusers' rule: where a time appears twice, as the end of
+        one step and the start of the next, the later entry, i.e. the start of a step)."""
+        schedule = self.timesteps if schedule_timesteps is None else schedule_timesteps
+        t = torch.as_tensor(timestep, dtype=schedule.dtype).to(schedule.device).reshape(-1)
+        if t.numel() != 1 and not bool((t == t[0]).all()):
+            raise InputError(f"timestep must be one time for the whole batch, got {t.tolist()[:8]}")
+        indices = (schedule == t[0]).nonzero().flatten()
+        if len(indices) == 0:
+            nearest = schedule[(schedule - t[0]).abs().argmin()].item() if len(schedule) else None
+            raise InputError(
+                f"timestep {timestep if isinstance(timestep, (int, float)) else t[0].item()} is not in this "
+                f"sampler's timesteps (nearest {nearest}); pass an entry of "
+                "sampler.timesteps, in SiT time (0 noise, 1 data)"
+            )
+        return int(indices[1 if len(indices) > 1 else 0])
+
+    def _init_step_index(self, timestep: Tensor | float) -> None:
+        self._step_index = self.index_for_timestep(timestep) if self._begin_index is None else self._begin_index
 
     def objective(self, **overrides: Any) -> Any:
         """The training objective matching this sampler's path, prediction and ``train_eps``."""
@@ -341,28 +402,73 @@ class SiTSampler(SchedulerMixin, ConfigMixin):
         return torch.linspace(t0, t1, points, dtype=dtype, device=device)
 
     def set_timesteps(self, num_inference_steps: int, device: torch.device | str | None = None) -> None:
-        """Prepare the step loop. ``timesteps`` are the SiT times of the model calls, in call order
-        (the Heun ODE calls twice per step: at ``t_k`` and at ``t_{k+1}``)."""
-        if self.is_adaptive or (self._mode == "sde" and self._solver != "euler") or self._solver in ("midpoint", "rk4"):
+        """Prepare the step loop. ``timesteps`` are the SiT times of the model calls, in call order: every
+        stage of every solver step (Heun: ``t_k`` then ``t_k + h``; RK4 four per step), then for an SDE with
+        a last step its time ``t1``. Fixed-step solvers only: an adaptive solver picks its step times from
+        local error estimates while it integrates, so there is no list of model-call times to hand out."""
+        if self.is_adaptive:
             raise NotImplementedError(
-                f"step() supports ODE euler/heun and SDE euler; use sample() for {self._mode} {self._solver}"
+                f"{self._solver} is adaptive: it chooses its step times from error estimates during the solve, "
+                "so there are no fixed timesteps for a step() loop; use sample(), or a fixed-step solver "
+                f"({', '.join(ODE_FIXED_SOLVERS)})"
             )
         self.num_inference_steps = self.check_num_inference_steps(num_inference_steps)
         grid = self._time_grid(self.num_inference_steps, device, torch.float32)
+        dummy = torch.zeros(1, dtype=grid.dtype, device=grid.device)
+        times, plan = [], []
+        for k in range(grid.shape[0] - 1):  # the stage times do not depend on x: run each step on zeros
+            stages = self._solver_stages(k, dummy, grid, noise=dummy)
+            j, t_j = 0, next(stages)[1]
+            while True:
+                times.append(t_j.reshape(()))
+                plan.append((k, j))
+                try:
+                    t_j = stages.send(dummy)[1]
+                except StopIteration:
+                    break
+                j += 1
+        if self._mode == "sde" and self._last_step is not None:
+            times.append(grid[-1])
+            plan.append((grid.shape[0] - 1, 0))
         self._grid = grid
-        if self._mode == "ode" and self._solver == "heun":
-            pairs = torch.stack([grid[:-1], grid[1:]], dim=1)  # (n, 2)
-            self.timesteps = pairs.reshape(-1)
-        elif self._mode == "sde" and self._last_step is not None:
-            self.timesteps = grid.clone()  # n - 1 stochastic steps, then the last step at t1
-        else:
-            self.timesteps = grid[:-1].clone()
-        self._step_index = 0
-        self._heun_cache = None
+        self.timesteps = torch.stack(times)
+        self._plan = plan
+        self._step_index = None
+        self._begin_index = None
+        self._stages = None
+        self._pending = None
+        self._prepared = None
 
-    def scale_model_input(self, sample: Tensor, timestep: Tensor | float | None = None) -> Tensor:
-        """Identity: SiT feeds the state to the network unscaled."""
-        return sample
+    def _solver_stages(self, k: int, x: Tensor, grid: Tensor, noise: Tensor | None = None,
+                       generator: Generator = None) -> Any:
+        """The stage generator of solver step ``k`` (``grid[k] -> grid[k + 1]``) from ``x``; an SDE step draws
+        its Brownian increment here (once per step, as :meth:`sample`) unless ``noise`` is given."""
+        if self._mode == "ode":
+            return ODE_FIXED_SOLVERS[self._solver].stages(x, grid[k], grid[k + 1])
+        if noise is None:
+            noise = self.brownian_noise(tuple(x.shape), generator, x.device, x.dtype)
+        return SDE_SOLVERS[self._solver].stages(
+            lambda tv: self._diffusion(tv, x), x, grid[k], grid[k + 1] - grid[k], noise
+        )
+
+    def scale_model_input(
+        self, sample: Tensor, timestep: Tensor | float | None = None, generator: Generator = None
+    ) -> Tensor:
+        """The network's input for the next :meth:`step`: ``sample`` itself (SiT feeds the state unscaled),
+        except at the start of a stochastic Heun step, which adds its Brownian increment (drawn from
+        ``generator``) before the first evaluation: ``x^ = x + sqrt(2 D_t dt) z``."""
+        if self._mode != "sde" or self._solver != "heun" or self.num_inference_steps is None or timestep is None:
+            return sample
+        if self._step_index is None:
+            self._init_step_index(timestep)
+        k, j = self._plan[self._step_index] if self._step_index < len(self._plan) else (-1, -1)
+        if j != 0 or k >= self._grid.shape[0] - 1:  # a later stage, or the last step
+            return sample
+        x = sample.to(self._state_dtype(sample))
+        self._stages = self._solver_stages(k, x, self._grid.to(device=x.device, dtype=x.dtype), generator=generator)
+        self._pending = next(self._stages)
+        self._prepared = self._step_index
+        return self._pending[0]
 
     def add_noise(self, original_samples: Tensor, noise: Tensor, timesteps: Tensor | float) -> Tensor:
         """The interpolant ``x_t = alpha_t x1 + sigma_t x0`` (``timesteps`` in SiT time, ``(N,)`` or scalar)."""
@@ -435,41 +541,51 @@ class SiTSampler(SchedulerMixin, ConfigMixin):
         return_dict: bool = True,
     ) -> SchedulerOutput | tuple[Tensor]:
         """Advance one entry of ``timesteps``; ``model_output`` is the network's output at
-        ``(sample, timestep)``. The state is computed in at least float32 and returned in that dtype."""
+        ``(scale_model_input(sample, timestep), timestep)``. The position in ``timesteps`` comes from
+        ``timestep`` on the first call (or from :meth:`set_begin_index`), then advances by one per call.
+
+        ``prev_sample`` is the next model input: the state after the step, or inside a multi-stage step
+        (Heun, midpoint, RK4) the next stage's evaluation point. The arithmetic is that of :meth:`sample`
+        (the same stage generators of :mod:`solvers`), so the loop and ``sample`` agree to the last bit.
+        The state is computed in at least float32 and returned in that dtype."""
         _check_pair("sample", sample, "model_output", model_output)
         if self.num_inference_steps is None:
             raise RuntimeError("call set_timesteps() before step()")
+        if self._step_index is None:
+            self._init_step_index(timestep)
         i = self._step_index
         if i >= len(self.timesteps):
             raise RuntimeError("step() called more times than there are timesteps")
+        k, j = self._plan[i]
         x = sample.to(self._state_dtype(sample))
         out = model_output.to(x.dtype)
         grid = self._grid.to(device=x.device, dtype=x.dtype)
-        if self._mode == "ode" and self._solver == "heun":
-            k = i // 2
-            h = grid[k + 1] - grid[k]
-            if i % 2 == 0:  # predictor: Euler to t_{k+1}, the corrector's model input
-                k1 = self.ode_drift(out, x, grid[k].expand(x.shape[0]))
-                self._heun_cache = (x, k1)
-                prev = x + h * k1
-            else:  # corrector: trapezoid
-                assert self._heun_cache is not None
-                x0, k1 = self._heun_cache
-                k2 = self.ode_drift(out, x, grid[k + 1].expand(x.shape[0]))
-                prev = x0 + h * (k1 * 0.5 + k2 * 0.5)
-                self._heun_cache = None
-        elif self._mode == "ode":
-            v = self.ode_drift(out, x, grid[i].expand(x.shape[0]))
-            prev = euler_step(lambda _x, _t: v, x, grid[i], grid[i + 1])
-        elif self._last_step is not None and i == len(self.timesteps) - 1:
-            prev = self._last(out, x, grid[i].expand(x.shape[0]))
+        if k == grid.shape[0] - 1:  # the SDE's last step at t1
+            prev = self._last(out, x, grid[-1].expand(x.shape[0]))
         else:
-            t = grid[i].expand(x.shape[0])
-            f = self.sde_drift(out, x, t)
-            noise = self.brownian_noise(tuple(x.shape), generator, x.device, x.dtype)
-            prev, _ = euler_maruyama_step(
-                lambda _x, _t: f, lambda tv: self._diffusion(tv, x), x, grid[i], grid[i + 1] - grid[i], noise
-            )
+            noise_first = self._mode == "sde" and self._solver == "heun"
+            if j == 0 and noise_first and self._prepared != i:
+                raise RuntimeError(
+                    "the stochastic Heun step adds its noise before it evaluates the model: call "
+                    "x_in = sampler.scale_model_input(sample, t, generator) and evaluate the model at x_in"
+                )
+            if j == 0 and not noise_first:
+                self._stages = self._solver_stages(k, x, grid, generator=generator)
+                self._pending = next(self._stages)
+            if self._stages is None or self._pending is None:
+                raise RuntimeError(
+                    f"step() at stage {j} of a {self._solver} step whose earlier stages were not stepped; begin "
+                    "the loop at a step boundary (set_begin_index)"
+                )
+            x_j, t_j = self._pending
+            tv = torch.ones(x_j.shape[0], dtype=x_j.dtype, device=x_j.device) * t_j  # (N,)
+            f = self.ode_drift(out, x_j, tv) if self._mode == "ode" else self.sde_drift(out, x_j, tv)
+            try:
+                self._pending = self._stages.send(f)
+                prev = self._pending[0]
+            except StopIteration as done:
+                prev = done.value if self._mode == "ode" else done.value[0]
+                self._stages, self._pending = None, None
         self._step_index += 1
         if not return_dict:
             return (prev,)

@@ -13,7 +13,7 @@ Each solver carries its ``order`` (deterministic convergence order) and ``evals`
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 
 import torch
@@ -34,57 +34,100 @@ def _bcast(v: Tensor, x: Tensor) -> Tensor:
 
 # ----------------------------------------------------------------------------------------------------------
 # ODE steps (Butcher tableaus written out; each equals torchdiffeq's fixed-grid method of the same name)
+#
+# Each method is written once, as a *stage generator*: it yields every point ``(x_j, t_j)`` where it needs
+# the drift, receives ``f(x_j, t_j)`` by ``send`` and returns ``x_next``. ``drive`` feeds it a drift function
+# (the ``*_step`` functions below, used by ``integrate_fixed``); ``SiTSampler.step`` feeds it one model
+# output per call, so the diffusers step loop and the whole-trajectory sampler do the same arithmetic.
 # ----------------------------------------------------------------------------------------------------------
 
+Stages = Generator[tuple[Tensor, Tensor], Tensor, Tensor]
 
-def euler_step(drift: Drift, x: Tensor, t: Tensor, t_next: Tensor) -> Tensor:
+
+def euler_stages(x: Tensor, t: Tensor, t_next: Tensor) -> Stages:
     """Explicit Euler, order 1: ``x + h f(x, t)``, ``h = t_next - t``."""
     h = t_next - t
-    return x + h * drift(x, _vec(t, x))
+    k1 = yield x, t
+    return x + h * k1
 
 
-def heun_step(drift: Drift, x: Tensor, t: Tensor, t_next: Tensor) -> Tensor:
+def heun_stages(x: Tensor, t: Tensor, t_next: Tensor) -> Stages:
     """Heun's method (explicit trapezoid, torchdiffeq ``heun2``), order 2:
     ``k1 = f(x, t)``, ``k2 = f(x + h k1, t + h)``, ``x + h (k1/2 + k2/2)``."""
     h = t_next - t
-    k1 = drift(x, _vec(t, x))
-    k2 = drift(x + h * k1, _vec(t + h, x))
+    k1 = yield x, t
+    k2 = yield x + h * k1, t + h
     return x + h * (k1 * 0.5 + k2 * 0.5)
 
 
-def midpoint_step(drift: Drift, x: Tensor, t: Tensor, t_next: Tensor) -> Tensor:
+def midpoint_stages(x: Tensor, t: Tensor, t_next: Tensor) -> Stages:
     """Explicit midpoint, order 2: ``x + h f(x + h/2 f(x, t), t + h/2)``."""
     h = t_next - t
-    k1 = drift(x, _vec(t, x))
-    return x + h * drift(x + k1 * (0.5 * h), _vec(t + 0.5 * h, x))
+    k1 = yield x, t
+    k2 = yield x + k1 * (0.5 * h), t + 0.5 * h
+    return x + h * k2
+
+
+def rk4_stages(x: Tensor, t: Tensor, t_next: Tensor) -> Stages:
+    """Classical Runge-Kutta 3/8 rule (torchdiffeq ``rk4``), order 4."""
+    h = t_next - t
+    k1 = yield x, t
+    k2 = yield x + h * k1 / 3, t + h / 3
+    k3 = yield x + h * (k2 - k1 / 3), t + 2 * h / 3
+    k4 = yield x + h * (k1 - k2 + k3), t_next
+    return x + h * (k1 + 3 * (k2 + k3) + k4) * 0.125
+
+
+def drive(stages: Stages, drift: Drift) -> Tensor:
+    """Run a stage generator to its end, answering each ``(x_j, t_j)`` with ``drift(x_j, t_j)`` (``t_j``
+    as an ``(N,)`` vector); returns what the generator returns."""
+    x_j, t_j = next(stages)
+    while True:
+        try:
+            x_j, t_j = stages.send(drift(x_j, _vec(t_j, x_j)))
+        except StopIteration as done:
+            return done.value
+
+
+def euler_step(drift: Drift, x: Tensor, t: Tensor, t_next: Tensor) -> Tensor:
+    """One explicit Euler step (:func:`euler_stages`)."""
+    return drive(euler_stages(x, t, t_next), drift)
+
+
+def heun_step(drift: Drift, x: Tensor, t: Tensor, t_next: Tensor) -> Tensor:
+    """One Heun step (:func:`heun_stages`)."""
+    return drive(heun_stages(x, t, t_next), drift)
+
+
+def midpoint_step(drift: Drift, x: Tensor, t: Tensor, t_next: Tensor) -> Tensor:
+    """One explicit midpoint step (:func:`midpoint_stages`)."""
+    return drive(midpoint_stages(x, t, t_next), drift)
 
 
 def rk4_step(drift: Drift, x: Tensor, t: Tensor, t_next: Tensor) -> Tensor:
-    """Classical Runge-Kutta 3/8 rule (torchdiffeq ``rk4``), order 4."""
-    h = t_next - t
-    k1 = drift(x, _vec(t, x))
-    k2 = drift(x + h * k1 / 3, _vec(t + h / 3, x))
-    k3 = drift(x + h * (k2 - k1 / 3), _vec(t + 2 * h / 3, x))
-    k4 = drift(x + h * (k1 - k2 + k3), _vec(t_next, x))
-    return x + h * (k1 + 3 * (k2 + k3) + k4) * 0.125
+    """One RK4 (3/8 rule) step (:func:`rk4_stages`)."""
+    return drive(rk4_stages(x, t, t_next), drift)
 
 
 @dataclass(frozen=True)
 class FixedSolver:
-    """A fixed-step ODE method: its step function, order and drift evaluations per step."""
+    """A fixed-step ODE method: its stage generator, order and drift evaluations per step."""
 
-    step: Callable[[Drift, Tensor, Tensor, Tensor], Tensor]
+    stages: Callable[[Tensor, Tensor, Tensor], Stages]
     order: int
     evals: int
 
+    def step(self, drift: Drift, x: Tensor, t: Tensor, t_next: Tensor) -> Tensor:
+        """``x`` at ``t`` -> ``x`` at ``t_next``."""
+        return drive(self.stages(x, t, t_next), drift)
+
 
 ODE_FIXED_SOLVERS: dict[str, FixedSolver] = {
-    "euler": FixedSolver(euler_step, order=1, evals=1),
-    "heun": FixedSolver(heun_step, order=2, evals=2),
-    "midpoint": FixedSolver(midpoint_step, order=2, evals=2),
-    "rk4": FixedSolver(rk4_step, order=4, evals=4),
+    "euler": FixedSolver(euler_stages, order=1, evals=1),
+    "heun": FixedSolver(heun_stages, order=2, evals=2),
+    "midpoint": FixedSolver(midpoint_stages, order=2, evals=2),
+    "rk4": FixedSolver(rk4_stages, order=4, evals=4),
 }
-# torchdiffeq adaptive methods and their orders
 ODE_ADAPTIVE_SOLVERS: dict[str, int] = {"dopri5": 5, "dopri8": 8, "bosh3": 3, "fehlberg2": 2, "adaptive_heun": 2}
 
 
@@ -93,17 +136,20 @@ def integrate_fixed(
     drift: Drift,
     x: Tensor,
     grid: Tensor,
-    callback: Callable[[int, Tensor, Tensor], None] | None = None,
+    callback: Callable[[int, Tensor, Tensor], Tensor | None] | None = None,
 ) -> list[Tensor]:
     """Integrate ``dx/dt = drift(x, t)`` over ``grid`` (``(K+1,)``, either direction) with a fixed method.
 
+    ``callback(i, t, x)`` after step ``i`` may return a tensor that replaces ``x`` for the next step.
     Returns the states at every grid point (``K+1`` tensors, the first is ``x``).
     """
     traj = [x]
     for i in range(grid.shape[0] - 1):
         x = solver.step(drift, x, grid[i], grid[i + 1])
         if callback is not None:
-            callback(i, grid[i + 1], x)
+            replaced = callback(i, grid[i + 1], x)
+            if replaced is not None:  # the caller continues from its own state (diffusers' callback contract)
+                x = replaced
         traj.append(x)
     return traj
 
@@ -143,38 +189,56 @@ def integrate_adaptive(
 # ----------------------------------------------------------------------------------------------------------
 
 
+SDEStages = Generator[tuple[Tensor, Tensor], Tensor, tuple[Tensor, Tensor]]
+
+
+def euler_maruyama_stages(diffusion: Diffusion, x: Tensor, t: Tensor, dt: Tensor, noise: Tensor) -> SDEStages:
+    """Euler-Maruyama (strong order 1/2, weak order 1), one drift call:
+    ``mean = x + f(x, t) dt``, ``x_next = mean + sqrt(2 D_t) sqrt(dt) z``. Returns ``(x_next, mean)``."""
+    f = yield x, t
+    mean = x + f * dt
+    return mean + torch.sqrt(2 * _bcast(diffusion(_vec(t, x)), x)) * (noise * torch.sqrt(dt)), mean
+
+
+def sde_heun_stages(diffusion: Diffusion, x: Tensor, t: Tensor, dt: Tensor, noise: Tensor) -> SDEStages:
+    """Stochastic Heun (official ``__Heun_step``), two drift calls: noise first, then a Heun ODE step,
+    ``x^ = x + sqrt(2 D_t) sqrt(dt) z``, ``k1 = f(x^, t)``, ``k2 = f(x^ + dt k1, t + dt)``,
+    ``x_next = x^ + dt (k1 + k2) / 2``. Returns ``(x_next, x^)``."""
+    x_hat = x + torch.sqrt(2 * _bcast(diffusion(_vec(t, x)), x)) * (noise * torch.sqrt(dt))
+    k1 = yield x_hat, t
+    k2 = yield x_hat + dt * k1, t + dt
+    return x_hat + 0.5 * dt * (k1 + k2), x_hat
+
+
 def euler_maruyama_step(
     drift: Drift, diffusion: Diffusion, x: Tensor, t: Tensor, dt: Tensor, noise: Tensor
 ) -> tuple[Tensor, Tensor]:
-    """Euler-Maruyama (strong order 1/2, weak order 1), one drift call:
-    ``mean = x + f(x, t) dt``, ``x_next = mean + sqrt(2 D_t) sqrt(dt) z``. Returns ``(x_next, mean)``."""
-    tv = _vec(t, x)
-    mean = x + drift(x, tv) * dt
-    return mean + torch.sqrt(2 * _bcast(diffusion(tv), x)) * (noise * torch.sqrt(dt)), mean
+    """One Euler-Maruyama step (:func:`euler_maruyama_stages`); returns ``(x_next, mean)``."""
+    return drive(euler_maruyama_stages(diffusion, x, t, dt, noise), drift)
 
 
 def sde_heun_step(
     drift: Drift, diffusion: Diffusion, x: Tensor, t: Tensor, dt: Tensor, noise: Tensor
 ) -> tuple[Tensor, Tensor]:
-    """Stochastic Heun (official ``__Heun_step``), two drift calls: noise first, then a Heun ODE step,
-    ``x^ = x + sqrt(2 D_t) sqrt(dt) z``, ``k1 = f(x^, t)``, ``k2 = f(x^ + dt k1, t + dt)``,
-    ``x_next = x^ + dt (k1 + k2) / 2``. Returns ``(x_next, x^)``."""
-    tv = _vec(t, x)
-    x_hat = x + torch.sqrt(2 * _bcast(diffusion(tv), x)) * (noise * torch.sqrt(dt))
-    k1 = drift(x_hat, tv)
-    k2 = drift(x_hat + dt * k1, tv + dt)
-    return x_hat + 0.5 * dt * (k1 + k2), x_hat
+    """One stochastic Heun step (:func:`sde_heun_stages`); returns ``(x_next, x^)``."""
+    return drive(sde_heun_stages(diffusion, x, t, dt, noise), drift)
 
 
 @dataclass(frozen=True)
 class SDESolver:
-    """A fixed-step SDE method: step function and drift evaluations per step."""
+    """A fixed-step SDE method: its stage generator and drift evaluations per step."""
 
-    step: Callable[[Drift, Diffusion, Tensor, Tensor, Tensor, Tensor], tuple[Tensor, Tensor]]
+    stages: Callable[[Diffusion, Tensor, Tensor, Tensor, Tensor], SDEStages]
     evals: int
+
+    def step(
+        self, drift: Drift, diffusion: Diffusion, x: Tensor, t: Tensor, dt: Tensor, noise: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """``x`` at ``t`` -> ``(x at t + dt, intermediate)`` with the standard normal ``noise``."""
+        return drive(self.stages(diffusion, x, t, dt, noise), drift)
 
 
 SDE_SOLVERS: dict[str, SDESolver] = {
-    "euler": SDESolver(euler_maruyama_step, evals=1),
-    "heun": SDESolver(sde_heun_step, evals=2),
+    "euler": SDESolver(euler_maruyama_stages, evals=1),
+    "heun": SDESolver(sde_heun_stages, evals=2),
 }
