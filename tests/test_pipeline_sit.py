@@ -395,3 +395,79 @@ def test_bfloat16_transformer_keeps_a_float32_sampler(tiny_pipe: SiTPipeline) ->
     low = tiny_pipe([1, 2], **kw).images
     assert low.dtype == torch.float32
     assert (low - ref).abs().max() < 0.1 * ref.abs().max()
+
+
+# ----------------------------------------------------------------------------- diffusers' callback contract
+@pytest.mark.parametrize("preset", ["ode-euler", "ode-heun", "sde-euler", "sde-heun"])
+def test_callback_can_replace_latents_and_the_loop_continues_from_them(tiny_pipe: SiTPipeline, preset: str) -> None:
+    """Replacing the state after step 1 equals a run whose state after step 1 is that state: the run from
+    scratch with the replacement is compared with one that got the same replacement from the sampler."""
+    tiny_pipe.set_sampler(preset)
+    x0 = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    kw = {"num_inference_steps": 4, "latents": x0, "output_type": "latent", "generator": gens([3])}
+    replacement = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(9))
+    seen = []
+
+    def swap(pipe, step, t, tensors):
+        seen.append(step)
+        assert pipe.num_timesteps == 4 and pipe.guidance_scale == 1.0
+        return {"latents": replacement} if step == 1 else None
+
+    edited = tiny_pipe([1], callback_on_step_end=swap, **kw).images
+    plain = tiny_pipe([1], **{**kw, "generator": gens([3])}).images
+    assert seen == [0, 1, 2, 3] and not torch.equal(edited, plain)
+
+    # the same continuation by hand: the sampler's own loop, its state replaced after step 1
+    sampler = tiny_pipe.scheduler
+    model_fn = tiny_pipe.guided_model_fn(torch.tensor([1]))
+    by_hand = sampler.sample(model_fn, x0, 4, generator=gens([3]),
+                             callback=lambda i, t, x: replacement if i == 1 else None).sample
+    # the pipeline drew x0 from nothing (latents given): the Brownian draws follow the same generator
+    assert torch.equal(edited, by_hand)
+
+
+def test_adaptive_solver_refuses_replaced_latents(tiny_pipe: SiTPipeline) -> None:
+    tiny_pipe.set_sampler("ode-dopri5")
+    with pytest.raises(ValueError, match="adaptive dopri5 solver has finished its solve"):
+        tiny_pipe([1], num_inference_steps=3, output_type="latent",
+                  callback_on_step_end=lambda p, s, t, d: {"latents": d["latents"] + 1})
+    out = tiny_pipe([1], num_inference_steps=3, output_type="latent",
+                    callback_on_step_end=lambda p, s, t, d: d)  # returning the same tensors is fine
+    assert out.images.shape == (1, 4, 8, 8)
+
+
+def test_callback_guidance_change_takes_effect_from_the_next_step(tiny_pipe: SiTPipeline) -> None:
+    """diffusers' 'stop guidance after k steps' callback: setting pipe._guidance_scale after step 1 gives
+    the run that is guided on steps 0-1 only (checked through the NFE of guided vs unguided steps)."""
+    tiny_pipe.set_sampler("ode-euler")
+    x0 = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    kw = {"num_inference_steps": 4, "latents": x0, "output_type": "latent"}
+    batches = []
+    tiny_pipe.transformer.register_forward_pre_hook(lambda m, args: batches.append(args[0].shape[0]))
+
+    def stop_guidance(pipe, step, t, tensors):
+        if step == 1:
+            pipe._guidance_scale = 1.0
+        return None
+
+    switched = tiny_pipe([1], guidance_scale=3.0, callback_on_step_end=stop_guidance, **kw).images
+    assert batches == [2, 2, 1, 1]  # guided (cond + null) on steps 0 and 1, one conditional pass after
+    assert tiny_pipe.guidance_scale == 1.0
+    guided = tiny_pipe([1], guidance_scale=3.0, **kw).images
+    assert not torch.equal(switched, guided)
+
+    def bad_scale(pipe, step, t, tensors):
+        pipe._guidance_scale = float("nan")
+
+    with pytest.raises(ValueError, match="guidance_scale must be finite, got nan"):
+        tiny_pipe([1], guidance_scale=3.0, callback_on_step_end=bad_scale, **kw)
+
+
+@pytest.mark.parametrize(("returned", "message"), [
+    ({"latents": torch.zeros(2, 4, 8, 8)}, r"shape \(2, 4, 8, 8\)"),
+    ({"latents": torch.full((1, 4, 8, 8), float("nan"))}, "non-finite"),
+    ([1, 2], "must return a dict"),
+])
+def test_bad_callback_returns_are_refused(tiny_pipe: SiTPipeline, returned, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        tiny_pipe([1], num_inference_steps=2, output_type="latent", callback_on_step_end=lambda *a: returned)

@@ -186,6 +186,7 @@ class SiTPipeline(DiffusionPipeline):
         guidance_channels: int | Literal["all"] = "all",
         guidance_interval: tuple[float, float] = (0.0, 1.0),
         counter: Callable[[], None] | None = None,
+        scale_source: Callable[[], float] | None = None,
     ) -> ModelFn:
         """Return ``model_fn(x, t)`` for the sampler: the (guided) transformer prediction in float32.
 
@@ -195,11 +196,22 @@ class SiTPipeline(DiffusionPipeline):
             guidance_channels: ``"all"`` or ``k`` to guide only channels ``[0, k)`` (``3`` = official code).
             guidance_interval: ``(t_lo, t_hi)`` in SiT time; guidance only where ``t_lo <= t <= t_hi``.
             counter: called once per transformer evaluation (one guided batch counts once).
+            scale_source: read the scale from this function at every evaluation instead (``__call__`` passes
+                ``lambda: pipe.guidance_scale``, so a step callback that sets ``pipe._guidance_scale`` changes
+                the guidance from the next step); each value read is checked as ``guidance_scale`` is.
         """
         guidance_scale, k, (t_lo, t_hi) = self._check_guidance(guidance_scale, guidance_channels, guidance_interval)
         transformer = self.transformer
         null = torch.full_like(class_labels, self.num_classes)  # (N,)
-        guided = guidance_scale != 1.0
+        fixed_scale = guidance_scale
+
+        def current_scale() -> float:
+            if scale_source is None:
+                return fixed_scale
+            scale = scale_source()
+            if scale != fixed_scale:  # changed by a callback: the same checks as at the door
+                scale = self._check_guidance(scale, guidance_channels, (t_lo, t_hi))[0]
+            return scale
 
         def predict(x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
             # t stays float32: the model embeds it in float32 (a bf16 t would round 0.333 to 0.334)
@@ -211,7 +223,8 @@ class SiTPipeline(DiffusionPipeline):
             t = torch.as_tensor(t, device=x.device, dtype=torch.float32).reshape(-1).expand(n)  # (N,)
             if counter is not None:
                 counter()
-            if not guided:
+            scale = current_scale()
+            if scale == 1.0:
                 return predict(x, t, class_labels)  # (N, C, H, W)
             inside = (t >= t_lo - 1e-7) & (t <= t_hi + 1e-7)  # (N,)
             if not bool(inside.any()):
@@ -220,7 +233,7 @@ class SiTPipeline(DiffusionPipeline):
                 torch.cat([x, x]), torch.cat([t, t]), torch.cat([class_labels, null])
             )  # (2N, C, H, W)
             cond, uncond = both.chunk(2)  # (N, C, H, W) each
-            mix = uncond + guidance_scale * (cond - uncond)  # (N, C, H, W)
+            mix = uncond + scale * (cond - uncond)  # (N, C, H, W)
             if k is not None:
                 mix = torch.cat([mix[:, :k], cond[:, k:]], dim=1)  # (N, C, H, W)
             return torch.where(inside[:, None, None, None], mix, cond)  # (N, C, H, W)
@@ -343,6 +356,18 @@ class SiTPipeline(DiffusionPipeline):
         return self.image_processor.postprocess(images.clamp(-1, 1), output_type=output_type)
 
     @property
+    def guidance_scale(self) -> float | None:
+        """The guidance scale of the running (or last) call, as diffusers' callbacks read it; a
+        ``callback_on_step_end`` that sets ``pipe._guidance_scale`` changes it from the next step on."""
+        return getattr(self, "_guidance_scale", None)
+
+    @property
+    def num_timesteps(self) -> int | None:
+        """Solver steps of the running (or last) call: the number of ``callback_on_step_end`` calls (for
+        adaptive solvers, of output grid points)."""
+        return getattr(self, "_num_timesteps", None)
+
+    @property
     def default_guidance_scale(self) -> float:
         """The saved ``default_guidance_scale`` (the model card's recommendation), else 1.0 (no guidance)."""
         value = getattr(self.config, "default_guidance_scale", None)
@@ -387,8 +412,10 @@ class SiTPipeline(DiffusionPipeline):
             guidance_channels: ``"all"``, or ``k`` to guide only the first ``k`` channels (``3``: official).
             guidance_interval: ``(t_lo, t_hi)`` in SiT time (t = 0 noise) where guidance is applied.
             callback_on_step_end: ``fn(pipe, step, t, {"latents": x}) -> dict | None`` after every sampler
-                step (for adaptive solvers: at each output grid point, after the solve); it observes the
-                state, it cannot replace it.
+                step. A returned ``{"latents": new}`` replaces the state and sampling continues from it
+                (fixed-step solvers; adaptive ones call it at each output grid point after the solve and
+                refuse a replacement); setting ``pipe._guidance_scale`` changes the guidance from the next
+                step. ``pipe.num_timesteps`` and ``pipe.guidance_scale`` are readable inside it.
             callback_on_step_end_tensor_inputs: tensors passed to the callback (only ``"latents"``).
         """
         # ---- checks at the door: nothing below runs with a bad argument
@@ -416,20 +443,33 @@ class SiTPipeline(DiffusionPipeline):
             nfe += 1
             bar.update(1)
 
+        self._guidance_scale = float(guidance_scale)
+        self._num_timesteps = steps
         model_fn = self.guided_model_fn(
-            y, guidance_scale, guidance_channels, guidance_interval, counter=count
+            y, guidance_scale, guidance_channels, guidance_interval, counter=count,
+            scale_source=lambda: self._guidance_scale,
         )
         callback = None
         if callback_on_step_end is not None:
 
-            def callback(step: int, t: torch.Tensor, x: torch.Tensor) -> None:
+            def callback(step: int, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor | None:
                 tensors = {"latents": x}
                 passed = {k: tensors[k] for k in callback_on_step_end_tensor_inputs}
-                out = callback_on_step_end(self, step, float(t), passed) or {}
-                if out.get("latents", x) is not x:
-                    raise ValueError(
-                        "SiTSampler.sample does not accept latents replaced by callback_on_step_end"
+                out = callback_on_step_end(self, step, float(t), passed)
+                if out is None:
+                    return None
+                if not isinstance(out, Mapping):
+                    raise InputError(f"callback_on_step_end must return a dict (or None), got {type(out).__name__}")
+                latents = out.get("latents")
+                if latents is None or latents is x:
+                    return None
+                if not isinstance(latents, torch.Tensor) or tuple(latents.shape) != tuple(x.shape):
+                    raise InputError(
+                        f"callback_on_step_end returned latents of shape {tuple(getattr(latents, 'shape', ()))} "
+                        f"({type(latents).__name__}); expected a tensor of shape {tuple(x.shape)}"
                     )
+                check_finite_tensor("the latents returned by callback_on_step_end", latents, error=InputError)
+                return latents.to(device=x.device, dtype=x.dtype)  # the sampler continues from them
 
         try:
             sample = self.scheduler.sample(model_fn, x0, steps, generator=generator, callback=callback).sample

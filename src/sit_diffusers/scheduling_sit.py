@@ -119,6 +119,11 @@ def _check_pair(name: str, value: Any, other_name: str, other: Any) -> None:
         raise InputError(f"{other_name} has shape {tuple(other.shape)}, {name} {tuple(value.shape)}: they must match")
 
 
+def _replaced(new: Tensor | None, x: Tensor) -> Tensor:
+    """What a step callback returned in place of the state ``x`` (``None``: keep ``x``)."""
+    return x if new is None else new
+
+
 @dataclass
 class SiTSamplerOutput(BaseOutput):
     """Result of :meth:`SiTSampler.sample`.
@@ -601,13 +606,15 @@ class SiTSampler(SchedulerMixin, ConfigMixin):
         num_inference_steps: int,
         generator: Generator = None,
         return_trajectory: bool = False,
-        callback: Callable[[int, Tensor, Tensor], None] | None = None,
+        callback: Callable[[int, Tensor, Tensor], Tensor | None] | None = None,
     ) -> SiTSamplerOutput:
         """Integrate from ``noise`` (``(N, C, H, W)`` at ``t0``; data at ``t = 1`` when ``reverse``).
 
         ``model_fn(x, t)`` takes ``x`` ``(N, C, H, W)`` and ``t`` ``(N,)`` in SiT time and returns the
         network's prediction. ``callback(i, t, x)`` is called after step ``i`` with the state ``x`` reached
-        at time ``t``. Brownian increments come from :meth:`brownian_noise` with ``generator``.
+        at time ``t``; with a fixed-step solver it may return a tensor that replaces ``x`` (the integration
+        continues from it). Adaptive solvers call it at each output grid point after the whole solve, so
+        they refuse a replacement. Brownian increments come from :meth:`brownian_noise` with ``generator``.
         """
         x = noise.to(self._state_dtype(noise))
         nfe = 0
@@ -628,7 +635,12 @@ class SiTSampler(SchedulerMixin, ConfigMixin):
                 )
                 if callback is not None:
                     for i in range(1, traj.shape[0]):
-                        callback(i - 1, grid[i], traj[i])
+                        if callback(i - 1, grid[i], traj[i]) is not None:
+                            raise InputError(
+                                f"the adaptive {self._solver} solver has finished its solve when the callback "
+                                "runs, so it cannot continue from replaced latents; use a fixed-step solver "
+                                f"({', '.join(ODE_FIXED_SOLVERS)}) to edit the state during sampling"
+                            )
                 final = traj[-1]
                 trajectory = traj if return_trajectory else None
                 return SiTSamplerOutput(sample=final, trajectory=trajectory, nfe=nfe)
@@ -648,13 +660,13 @@ class SiTSampler(SchedulerMixin, ConfigMixin):
                 w = self.brownian_noise(tuple(x.shape), generator, x.device, x.dtype)
                 x, _ = solver.step(sde_drift, diffusion, x, grid[i], grid[i + 1] - grid[i], w)
                 if callback is not None:
-                    callback(i, grid[i + 1], x)
+                    x = _replaced(callback(i, grid[i + 1], x), x)
                 states.append(x)
             if self._last_step is not None:
                 t1 = grid[-1].expand(x.shape[0])
                 x = self._last(model(x, t1), x, t1)
                 if callback is not None:
-                    callback(n_sde, grid[-1], x)
+                    x = _replaced(callback(n_sde, grid[-1], x), x)
                 states.append(x)
         trajectory = torch.stack(states) if return_trajectory else None
         return SiTSamplerOutput(sample=states[-1], trajectory=trajectory, nfe=nfe)
