@@ -1,5 +1,6 @@
 """Model cards: every card renders from the template with valid YAML metadata, the committed cards are the
-rendered ones, the paper numbers carry their settings and source, and the usage snippet runs."""
+rendered ones, the paper numbers carry their settings and source, and the usage snippet runs.
+(The Hub's metadata rules for every card and the Space card: tests/test_card_metadata.py.)"""
 
 from __future__ import annotations
 
@@ -34,6 +35,8 @@ def test_card_renders_with_valid_metadata(name):
     assert {"diffusers", "sit", "imagenet"} <= set(metadata["tags"])
     assert metadata["datasets"] == ["ILSVRC/imagenet-1k"]
     assert metadata["source_checkpoint"] == f"nyu-visionx/SiT-collections/{name}.pt"
+    assert metadata["base_model"] == spec.source_repo_id == "nyu-visionx/SiT-collections"  # the official repo
+    assert ("model-index" in metadata) == bool(spec.paper_results)  # no machine-readable number when none
     assert "${" not in body  # every placeholder filled
     assert f'SiTPipeline.from_pretrained("{spec.hub_repo_id}")' in body
     assert f"--pipeline {spec.hub_repo_id} --preset {spec.fid_preset}" in body

@@ -447,11 +447,7 @@ def log_samples(cfg: TrainConfig, accelerator: Any, ema_model: Any, vae: Any | N
             tracker.log({"samples": [wandb.Image(img) for img in images]}, step=step)
 
 
-MODEL_CARD = """---
-library_name: diffusers
-tags: [sit, diffusers, class-conditional, image-generation]
----
-# {name}
+MODEL_CARD = """# {name}
 
 SiT (Scalable Interpolant Transformers, Ma et al. 2024, arXiv 2401.08740) trained with
 `training/train_sit.py` of sit-diffusers: {steps} optimiser steps at global batch {batch}
@@ -466,6 +462,39 @@ pipe = SiTPipeline.from_pretrained("<this folder>")
 images = pipe(class_labels=[0, 1], guidance_scale={cfg_scale}).images
 ```
 """
+"""Body of the saved pipeline's ``README.md``; the front matter is ``huggingface_hub.ModelCardData`` (see
+:func:`training_card`)."""
+
+
+def training_card(cfg: TrainConfig, step: int, data_name: str, vae: Any | None) -> Any:
+    """The saved pipeline's model card: ``ModelCardData`` (library, pipeline tag, tags, the Hub dataset when
+    the run read one) over :data:`MODEL_CARD`, built and checked by
+    ``sit_diffusers.model_card.build_model_card``.
+
+    No ``base_model``: training starts from a random initialisation. ``datasets`` only when the data came from
+    the Hub id ``--dataset_name`` (a local folder or precomputed latents name no Hub dataset). ``vae``: the
+    pipeline's VAE (``None``: pixel space).
+    """
+    from huggingface_hub import ModelCardData
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    from sit_diffusers.model_card import PIPELINE_TAG, build_model_card
+
+    datasets = None
+    if cfg.dataset_name is not None and data_name == cfg.dataset_name:
+        try:
+            validate_repo_id(cfg.dataset_name)
+            datasets = [cfg.dataset_name]
+        except HFValidationError:
+            pass
+    data = ModelCardData(library_name="diffusers", pipeline_tag=PIPELINE_TAG, datasets=datasets,
+                         tags=["sit", "diffusers", "class-conditional", "image-generation"])
+    space = f"latents of {cfg.vae} scaled by {cfg.vae_scaling_factor}" if vae is not None else "pixel space"
+    body = MODEL_CARD.format(
+        name=cfg.hub_model_id or f"{cfg.model} ({cfg.resolution}px)", steps=step, batch=cfg.global_batch_size,
+        images=step * cfg.global_batch_size, data=data_name, ema=cfg.ema_decay, path=cfg.path_type,
+        prediction=cfg.prediction, space=space, cfg_scale=cfg.sample_guidance_scale)
+    return build_model_card(data, body)
 
 
 def save_pipeline(cfg: TrainConfig, ema_state: dict[str, torch.Tensor], model_config: dict[str, Any], vae: Any,
@@ -486,11 +515,7 @@ def save_pipeline(cfg: TrainConfig, ema_state: dict[str, torch.Tensor], model_co
     shutil.rmtree(tmp, ignore_errors=True)
     make_pipeline(cfg, transformer.eval(), vae, id2label).save_pretrained(str(tmp))
     (tmp / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    space = f"latents of {cfg.vae} scaled by {cfg.vae_scaling_factor}" if vae is not None else "pixel space"
-    (tmp / "README.md").write_text(MODEL_CARD.format(
-        name=cfg.hub_model_id or f"{cfg.model} ({cfg.resolution}px)", steps=step, batch=cfg.global_batch_size,
-        images=step * cfg.global_batch_size, data=data_name, ema=cfg.ema_decay, path=cfg.path_type,
-        prediction=cfg.prediction, space=space, cfg_scale=cfg.sample_guidance_scale))
+    (tmp / "README.md").write_text(str(training_card(cfg, step, data_name, vae)), encoding="utf-8")
     shutil.rmtree(out, ignore_errors=True)
     os.replace(tmp, out)
     if cfg.push_to_hub:
