@@ -7,7 +7,9 @@ frozen 2-D sin-cos position table, a sinusoidal embedding of the raw SiT time ``
 
 Numerics follow the official ``models.py`` of github willisma/SiT exactly (parity <= 1e-5 relative in
 float32 against its outputs, see ``tests/test_modeling_sit.py``); official checkpoints are mapped onto
-this module by ``sit_diffusers.conversion``.
+this module by ``sit_diffusers.conversion``. Attention goes through diffusers' attention dispatcher
+(``SiTAttnProcessor``), so diffusers' backend switch, layerwise casting, regional compilation and PEFT
+adapters work on it (``tests/test_model_hooks.py``).
 """
 
 from __future__ import annotations
@@ -19,6 +21,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.loaders import PeftAdapterMixin
+from diffusers.models.attention import AttentionMixin, AttentionModuleMixin
+from diffusers.models.attention_dispatch import dispatch_attention_fn
 from diffusers.models.modeling_outputs import Transformer2DModelOutput
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
@@ -27,6 +32,7 @@ from .validation import InputError, check_choice, check_float, check_int
 
 __all__ = [
     "SIT_CONFIGS",
+    "SiTAttnProcessor",
     "SiTTransformer2DModel",
     "get_2d_sincos_pos_embed",
     "timestep_embedding",
@@ -141,9 +147,16 @@ class TimestepEmbedder(nn.Module):
         self.linear_1 = nn.Linear(frequency_embedding_size, hidden_size, bias=True)
         self.linear_2 = nn.Linear(hidden_size, hidden_size, bias=True)
 
-    def forward(self, t: torch.Tensor) -> torch.Tensor:
+    def forward(self, t: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """Embed ``t`` (N,); the float32 sinusoids are cast to ``dtype``, the dtype the network computes in.
+
+        ``dtype`` is the activations' dtype (the model passes its token dtype), not the stored weights':
+        under layerwise casting the weights sit in float8 / bfloat16 and are cast up only inside each Linear.
+        ``None`` keeps float32.
+        """
         t_freq = timestep_embedding(t, self.frequency_embedding_size)  # (N, 256) float32
-        t_freq = t_freq.to(self.linear_1.weight.dtype)
+        if dtype is not None:
+            t_freq = t_freq.to(dtype)  # (N, 256)
         return self.linear_2(F.silu(self.linear_1(t_freq)))  # (N, D)
 
 
@@ -174,26 +187,67 @@ class LabelEmbedder(nn.Module):
         return self.embedding_table(labels)  # (N, D)
 
 
-class Attention(nn.Module):
-    """Multi-head self-attention with one fused qkv projection and ``F.scaled_dot_product_attention``.
+class SiTAttnProcessor:
+    """Self-attention with one fused qkv projection, computed by diffusers' attention dispatcher.
 
-    ``softmax(q k^T / sqrt(d_head)) v`` per head, then an output projection (as timm's ``Attention``).
+    ``softmax(q k^T / sqrt(d_head)) v`` per head, then the output projection (as timm's ``Attention`` of the
+    official code). ``dispatch_attention_fn`` takes ``(N, T, H, Dh)`` tensors and runs the backend chosen by
+    ``model.set_attention_backend(name)`` (stored in ``_attention_backend``), or else the active one (the
+    ``diffusers.attention_backend(...)`` context, the ``DIFFUSERS_ATTN_BACKEND`` variable, default
+    ``"native"``: ``F.scaled_dot_product_attention`` on the same strided views as before, so the same kernel
+    and the same numbers).
     """
 
-    def __init__(self, hidden_size: int, num_heads: int) -> None:
+    _attention_backend = None
+    _parallel_config = None
+
+    def __call__(self, attn: SiTAttention, hidden_states: torch.Tensor) -> torch.Tensor:
+        n, t, d = hidden_states.shape
+        qkv = attn.to_qkv(hidden_states).view(n, t, 3, attn.heads, attn.head_dim)  # (N, T, 3, H, Dh)
+        query, key, value = qkv.unbind(2)  # 3 x (N, T, H, Dh), views
+        out = dispatch_attention_fn(query, key, value, backend=self._attention_backend,
+                                    parallel_config=self._parallel_config)  # (N, T, H, Dh)
+        return attn.to_out(out.reshape(n, t, d).to(query.dtype))  # (N, T, D)
+
+
+class SiTAttention(nn.Module, AttentionModuleMixin):
+    """Multi-head self-attention module: ``to_qkv`` (D -> 3D) and ``to_out`` (D -> D) Linears + a processor.
+
+    The processor (``SiTAttnProcessor``) does the computation, so diffusers' ``set_attention_backend``,
+    ``enable_xformers_memory_efficient_attention`` and ``attn_processors`` reach it. The projections are
+    already fused (the official checkpoints store one ``qkv`` matrix), so ``fuse_qkv_projections`` has
+    nothing to do here.
+    """
+
+    _default_processor_cls = SiTAttnProcessor
+    _available_processors = [SiTAttnProcessor]
+    _supports_qkv_fusion = False
+
+    def __init__(self, hidden_size: int, num_heads: int, processor: SiTAttnProcessor | None = None) -> None:
         super().__init__()
         if hidden_size % num_heads:
             raise ValueError(f"hidden_size {hidden_size} is not divisible by num_heads {num_heads}")
-        self.num_heads = num_heads
+        self.heads = num_heads
+        self.head_dim = hidden_size // num_heads
         self.to_qkv = nn.Linear(hidden_size, 3 * hidden_size, bias=True)
         self.to_out = nn.Linear(hidden_size, hidden_size, bias=True)
+        self.set_processor(processor if processor is not None else self._default_processor_cls())
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        n, t, d = x.shape
-        qkv = self.to_qkv(x).view(n, t, 3, self.num_heads, d // self.num_heads)  # (N, T, 3, H, Dh)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (N, H, T, Dh), views
-        out = F.scaled_dot_product_attention(q, k, v)  # (N, H, T, Dh)
-        return self.to_out(out.transpose(1, 2).reshape(n, t, d))  # (N, T, D)
+    def set_use_memory_efficient_attention_xformers(
+        self, use_memory_efficient_attention_xformers: bool, attention_op: Any = None
+    ) -> None:
+        """xFormers on (diffusers' checks: raises without xformers or CUDA) or off (back to the default).
+
+        diffusers' ``AttentionModuleMixin`` leaves the backend as it was when asked to turn xFormers off,
+        which would make ``disable_xformers_memory_efficient_attention()`` a silent no-op.
+        """
+        if use_memory_efficient_attention_xformers:
+            super().set_use_memory_efficient_attention_xformers(True, attention_op)
+        elif getattr(self.processor, "_attention_backend", None) == "xformers":
+            self.processor._attention_backend = None
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.processor(self, hidden_states)  # (N, T, D)
 
 
 class FeedForward(nn.Module):
@@ -222,7 +276,7 @@ class SiTBlock(nn.Module):
 
     def __init__(self, hidden_size: int, num_heads: int, mlp_ratio: float) -> None:
         super().__init__()
-        self.attn = Attention(hidden_size, num_heads)
+        self.attn = SiTAttention(hidden_size, num_heads)
         self.ff = FeedForward(hidden_size, mlp_ratio)
         self.adaLN_modulation = nn.Linear(hidden_size, 6 * hidden_size, bias=True)
 
@@ -278,7 +332,7 @@ def _check_config(
         raise InputError(f"learn_sigma must be True or False, got {learn_sigma!r}")
 
 
-class SiTTransformer2DModel(ModelMixin, ConfigMixin):
+class SiTTransformer2DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, AttentionMixin):
     r"""SiT / DiT class-conditional transformer on latents: ``(x_t, t, y) -> prediction``.
 
     ``prediction`` is whatever the model was trained to output (the official SiT checkpoints predict the
@@ -297,10 +351,24 @@ class SiTTransformer2DModel(ModelMixin, ConfigMixin):
         num_classes: number of classes; the null class has index ``num_classes``.
         learn_sigma: the final layer has ``2 C`` output channels (DiT's learned variance; SiT keeps it for
             checkpoint compatibility). ``forward`` returns only the first ``C``.
+
+    diffusers' model hooks apply (``docs/model.md``): ``enable_gradient_checkpointing``,
+    ``enable_layerwise_casting``, ``compile_repeated_blocks`` / ``torch.compile(fullgraph=True)``,
+    ``set_attention_backend`` / ``enable_xformers_memory_efficient_attention`` (attention runs through
+    ``diffusers``' dispatcher), ``add_adapter`` and the rest of ``PeftAdapterMixin``.
     """
 
     _supports_gradient_checkpointing = True
-    _no_split_modules = ["SiTBlock"]
+    # device_map="auto" keeps each of these on one device (each mixes its input with a child's output).
+    _no_split_modules = ["SiTBlock", "FinalLayer"]
+    # torch.compile one block and reuse it for all `depth` blocks (model.compile_repeated_blocks()).
+    _repeated_blocks = ["SiTBlock"]
+    # enable_layerwise_casting keeps these in the model's dtype, as diffusers' DiT / PixArt keep their
+    # patch and position embeddings, adaLN modulations (their "norm*.linear"), timestep / class embedders
+    # and output layer ("norm_out", "proj_out"); only the attention and MLP Linears are stored low.
+    _skip_layerwise_casting_patterns = [
+        "pos_embed", "patch_embed", "norm", "adaLN_modulation", "time_embed", "class_embed", "final_layer",
+    ]
 
     @register_to_config
     def __init__(
@@ -435,7 +503,10 @@ class SiTTransformer2DModel(ModelMixin, ConfigMixin):
         if not torch.is_tensor(class_labels) or class_labels.is_complex() or class_labels.dtype == torch.bool:
             raise InputError(f"class_labels must be an integer tensor (N,), got "
                              f"{getattr(class_labels, 'dtype', type(class_labels).__name__)}")
-        if class_labels.is_floating_point() and not torch.compiler.is_compiling():  # the official code's float ids
+        if class_labels.is_floating_point():  # the official code's float ids
+            if torch.compiler.is_compiling():  # a graph cannot look at the values: refuse, never truncate
+                raise InputError(f"class_labels must be an integer tensor under torch.compile, "
+                                 f"got {class_labels.dtype}")
             if not bool((class_labels == class_labels.round()).all()):
                 raise InputError(f"class_labels must hold integer ids, got {class_labels.reshape(-1)[:8].tolist()}")
         class_labels = class_labels.to(device=device, dtype=torch.long).reshape(-1)  # (N,)
@@ -450,7 +521,7 @@ class SiTTransformer2DModel(ModelMixin, ConfigMixin):
                                  + f"), got values in [{low}, {high}]")
 
         x = self.patch_embed(hidden_states) + self.pos_embed  # (N, T, D)
-        c_emb = self.time_embed(timestep) + self.class_embed(class_labels, force_drop_ids)  # (N, D)
+        c_emb = self.time_embed(timestep, x.dtype) + self.class_embed(class_labels, force_drop_ids)  # (N, D)
         c_act = F.silu(c_emb)  # (N, D), shared by every adaLN modulation
         for block in self.transformer_blocks:
             if torch.is_grad_enabled() and self.gradient_checkpointing:
