@@ -10,8 +10,12 @@ One command for every published repo; each repo is a folder ``pipelines/<name>/`
 3. **record a reference forward**: fixed inputs ``x, t, y`` (seeded; the null class included) and the converted
    transformer's output, written to ``parity/reference_forward.safetensors``;
 4. **assemble** ``SiTPipeline(transformer, SiTSampler preset, VAE stabilityai/sd-vae-ft-ema, ImageNet id2label)``
-   and ``save_pretrained`` it, with the model card ``README.md`` and ``build_info.json`` (provenance);
-5. **parity check**: reload the folder with ``SiTPipeline.from_pretrained`` and require the recorded output;
+   and ``save_pretrained`` it (with the code files stock diffusers loads it with: ``sit_diffusers.remote_code``),
+   with the model card ``README.md`` and ``build_info.json`` (provenance, no local path);
+5. **checks**: the code files are the installed package's and ``model_index.json`` names them
+   (``remote_code.check_code_files``); reloaded with ``SiTPipeline.from_pretrained`` the folder gives the recorded
+   output; before an upload (or with ``--stock-check``), so does ``DiffusionPipeline.from_pretrained(folder,
+   trust_remote_code=True)`` in a Python where sit-diffusers cannot be imported;
 6. **upload** with ``HfApi.upload_folder`` -- skipped by ``--dry-run``, which only writes the folder.
 
 Usage::
@@ -59,6 +63,7 @@ from sit_diffusers.conversion import (
 from sit_diffusers.labels import IMAGENET_NUM_CLASSES, imagenet_id2label
 from sit_diffusers.model_card import RepoSpec, load_repo_spec, render_model_card
 from sit_diffusers.modeling_sit import SIT_CONFIGS, SiTTransformer2DModel
+from sit_diffusers.remote_code import RepoFormatError, check_code_files
 from sit_diffusers.validation import InputError, check_choice, check_int, run_cli
 
 PROG = "build_hub_repo.py"
@@ -79,7 +84,8 @@ CLI_NAMES: dict[str, str] = {
 
 
 class ParityError(RuntimeError):
-    """The saved pipeline does not reproduce the forward recorded at conversion."""
+    """The saved pipeline does not reproduce the forward recorded at conversion, or stock diffusers cannot
+    load it."""
 
 
 class UploadError(RuntimeError):
@@ -94,6 +100,7 @@ class BuildResult:
     folder: Path
     parity_max_abs_diff: float
     uploaded_to: str | None
+    stock_parity_max_abs_diff: float | None = None  # None: the stock-loading check did not run
 
 
 def repo_specs() -> dict[str, RepoSpec]:
@@ -403,6 +410,54 @@ def check_parity(folder: Path, tol: float = 1e-5) -> float:
     return diff
 
 
+#: Run in a fresh Python where sit_diffusers cannot be imported: stock diffusers loads the folder with its
+#: code files and prints max |transformer(x, t, y) - recorded|.
+STOCK_CHECK_SCRIPT = r"""
+import os, sys
+sys.path[:] = [p for p in sys.path if not os.path.isdir(os.path.join(p or os.getcwd(), "sit_diffusers"))]
+sys.modules["sit_diffusers"] = None
+import torch
+from diffusers import DiffusionPipeline
+from safetensors.torch import load_file
+folder, parity = sys.argv[1:3]
+pipe = DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)
+recorded = load_file(os.path.join(folder, parity))
+with torch.no_grad():
+    out = pipe.transformer.eval()(recorded["x"], recorded["t"], recorded["y"]).sample.float()
+print(type(pipe).__module__, float((out - recorded["out"]).abs().max()))
+"""
+
+
+def check_stock_parity(folder: Path, tol: float = 1e-5) -> float:
+    """Load ``folder`` with stock ``DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)`` in a fresh
+    Python without sit-diffusers (its own module cache, offline); max |out - recorded| (raises above ``tol``).
+
+    This is how a user without the package loads the published repo: the repo's code files must suffice."""
+    import subprocess
+    import tempfile
+
+    from safetensors.torch import load_file
+
+    scale = float(load_file(str(folder / PARITY_FILE))["out"].abs().max())
+    with tempfile.TemporaryDirectory(prefix="sit-stock-check-") as tmp:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("HF_") and k != "PYTHONPATH"}
+        env.update(HF_MODULES_CACHE=tmp, HF_HUB_OFFLINE="1", HF_HUB_DISABLE_TELEMETRY="1",
+                   DIFFUSERS_VERBOSITY="error", HF_HUB_DISABLE_PROGRESS_BARS="1")
+        proc = subprocess.run([sys.executable, "-c", STOCK_CHECK_SCRIPT, str(folder), PARITY_FILE], env=env, cwd=tmp,
+                              capture_output=True, text=True)
+    if proc.returncode != 0:
+        lines = [line for line in proc.stderr.splitlines() if line.strip()]
+        raise ParityError(f"{folder}: stock diffusers cannot load it without sit-diffusers "
+                          f"({lines[-1] if lines else f'exit status {proc.returncode}'})")
+    module, diff = proc.stdout.split()[-2:]
+    if not module.startswith("diffusers_modules."):
+        raise ParityError(f"{folder}: stock diffusers loaded the pipeline class from {module}, not the repo's code")
+    if not float(diff) <= tol * max(scale, 1.0):
+        raise ParityError(f"{folder}: loaded by stock diffusers, the transformer differs from the recorded forward "
+                          f"by {float(diff):.3g}")
+    return float(diff)
+
+
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -444,18 +499,22 @@ def build(
     private: bool = False,
     *,
     overwrite: bool = False,
+    stock_check: bool | None = None,
     arg_names: Mapping[str, str] | None = None,
 ) -> BuildResult:
     """All steps for one repo: writes ``out_dir`` and uploads it unless ``dry_run``.
 
     Every argument is checked first (:func:`check_build_inputs`), then the checkpoint is converted and
     checked and the VAE loaded, and only then is anything written: into a temporary folder beside ``out_dir``,
-    renamed into place once the parity check passed. ``out_dir`` must be new or empty unless ``overwrite``.
-    ``arg_names`` says how error messages name the arguments (the CLI passes :data:`CLI_NAMES`).
+    renamed into place once the checks passed. ``out_dir`` must be new or empty unless ``overwrite``.
+    ``stock_check`` (default: when uploading) also loads the folder with stock diffusers in a Python without
+    sit-diffusers (:func:`check_stock_parity`, a few seconds). ``arg_names`` says how error messages name the
+    arguments (the CLI passes :data:`CLI_NAMES`).
 
     Raises:
         InputError (ConversionError, CheckpointNotFoundError): a bad argument or checkpoint, nothing written.
-        ParityError: the saved folder does not reproduce the converted transformer; nothing written.
+        ParityError: the saved folder does not reproduce the converted transformer, or stock diffusers cannot
+            load it; nothing written.
         UploadError: the upload failed; the folder is complete.
     """
     from safetensors.torch import save_file
@@ -474,14 +533,18 @@ def build(
     pipe = assemble_pipeline(transformer, spec, vae_model)
     info = {
         "name": spec.name,
-        "source": f"{spec.source_repo_id}/{spec.source_filename}" if checkpoint is None else str(checkpoint),
+        # provenance without local paths: a local file or folder is named, its content identified by the hash
+        "source": f"{spec.source_repo_id}/{spec.source_filename}" if checkpoint is None
+        else f"local file {Path(checkpoint).name}",
         "source_sha256": source_sha256,
         "transformer_config": {k: v for k, v in transformer.config.items() if not k.startswith("_")},
         "sampler_preset": spec.default_preset,
-        "vae": str(vae or spec.vae_repo_id),
+        "vae": _vae_source(vae, spec),
         "torch": torch.__version__,
     }
-    diffs: list[float] = []
+    diffs: list[float | None] = []
+    if stock_check is None:
+        stock_check = not dry_run
 
     def write(tmp: Path) -> None:
         pipe.save_pretrained(str(tmp), safe_serialization=True)
@@ -490,13 +553,25 @@ def build(
         (tmp / "README.md").write_text(render_model_card(spec), encoding="utf-8")
         (tmp / "build_info.json").write_text(json.dumps(info, indent=2, default=str) + "\n", encoding="utf-8")
         try:
+            check_code_files(tmp, pipe)
             diffs.append(check_parity(tmp))
+            diffs.append(check_stock_parity(tmp) if stock_check else None)
+        except RepoFormatError as err:  # our save, not the user's input: a failed check (status 1)
+            raise ParityError(f"{spec.name}: {err}; nothing was written to {folder}") from err
         except ParityError as err:
             raise ParityError(f"{spec.name}: {err}; nothing was written to {folder}") from err
 
     write_folder_atomically(folder, write)
     uploaded = None if dry_run else upload(folder, hub_repo_id or spec.hub_repo_id, token, private)
-    return BuildResult(spec.name, folder, diffs[0], uploaded)
+    return BuildResult(spec.name, folder, diffs[0], uploaded, diffs[1])
+
+
+def _vae_source(vae: str | os.PathLike | None, spec: RepoSpec) -> str:
+    """The VAE for ``build_info.json``: a Hub id as is, a local folder by its name only."""
+    if vae is None:
+        return spec.vae_repo_id
+    local = Path(os.fspath(vae)).expanduser()
+    return f"local folder {local.name}" if local.exists() else os.fspath(vae)
 
 
 def render_cards(specs: dict[str, RepoSpec], cards_dir: Path = CARDS_DIR) -> list[Path]:
@@ -537,6 +612,9 @@ def build_parser(specs: Mapping[str, RepoSpec]) -> argparse.ArgumentParser:
     parser.add_argument("--hub-repo-id", help="publish under this id 'owner/name' instead of the spec's "
                                               "(one repo only)")
     parser.add_argument("--dry-run", action="store_true", help="write the folder, upload nothing")
+    parser.add_argument("--stock-check", action="store_true",
+                        help="also on a dry run, load the folder with stock diffusers (trust_remote_code=True) in a "
+                             "Python without sit-diffusers and require the recorded forward (always before an upload)")
     parser.add_argument("--private", action="store_true", help="create the Hub repo private")
     parser.add_argument("--token", help="Hub token (default: the logged-in one)")
     parser.add_argument("--render-cards", action="store_true", help="only (re)write model_cards/<name>.md")
@@ -568,7 +646,8 @@ def _run(argv: Sequence[str]) -> int:
             ("REPO", args.repos), ("--all", args.all), ("--out", args.out), ("--overwrite", args.overwrite),
             ("--checkpoint", args.checkpoint), ("--vae", args.vae), ("--num-heads", args.num_heads),
             ("--hub-repo-id", args.hub_repo_id), ("--dry-run", args.dry_run), ("--private", args.private),
-            ("--token", args.token)) if value is not None and value is not False and value != []]
+            ("--token", args.token), ("--stock-check", args.stock_check))
+            if value is not None and value is not False and value != []]
         if given:
             raise InputError(f"--render-cards only (re)writes model_cards/<name>.md and builds nothing; drop "
                              f"{', '.join(given)}")
@@ -600,9 +679,11 @@ def _run(argv: Sequence[str]) -> int:
     for name in names:
         result = build(specs[name], out / name, args.checkpoint, args.vae, args.num_heads, dry_run=args.dry_run,
                        hub_repo_id=args.hub_repo_id, token=args.token, private=args.private,
-                       overwrite=args.overwrite, arg_names=CLI_NAMES)
+                       overwrite=args.overwrite, stock_check=args.stock_check or None, arg_names=CLI_NAMES)
         where = result.uploaded_to or "not uploaded (--dry-run)"
-        print(f"{name}: {result.folder} (parity max |diff| {result.parity_max_abs_diff:.2e}); {where}")
+        stock = "" if result.stock_parity_max_abs_diff is None else \
+            f", stock diffusers {result.stock_parity_max_abs_diff:.2e}"
+        print(f"{name}: {result.folder} (parity max |diff| {result.parity_max_abs_diff:.2e}{stock}); {where}")
     return 0
 
 

@@ -328,7 +328,11 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 
 
 def load_pipeline(ref: str, device: str, dtype: str = "float32"):
-    """Load ``SiTPipeline`` from a folder or Hub id, in ``dtype``, on ``device``."""
+    """Load ``SiTPipeline`` from a folder or Hub id, in ``dtype``, on ``device``.
+
+    The Space installs sit-diffusers, so the pipeline is built from the package's classes and no code file of
+    the model repo runs (no ``trust_remote_code``): the repo's code (``sit_diffusers.remote_code``) is for
+    users of stock ``DiffusionPipeline.from_pretrained`` without the package."""
     from sit_diffusers.pipeline_sit import SiTPipeline
 
     if dtype not in DTYPES:

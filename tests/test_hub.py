@@ -1,5 +1,8 @@
 """Loading SiTPipeline from the Hub: online (a local server speaking the Hub API via HF_ENDPOINT) and
-offline (HF_HUB_OFFLINE=1 with a Hub cache laid out by the test), plus clear errors.
+offline (HF_HUB_OFFLINE=1 with a Hub cache laid out by the test), plus clear errors. Each run loads the repo
+twice, with ``SiTPipeline.from_pretrained`` (the package's classes) and with stock
+``DiffusionPipeline.from_pretrained(..., trust_remote_code=True)`` (the repo's code files), and both must
+give the same images bit for bit. Loading without the package installed: tests/test_stock_loading.py.
 
 huggingface_hub reads HF_ENDPOINT / HF_HUB_OFFLINE at import time, so the loads run in a fresh Python.
 """
@@ -33,7 +36,8 @@ ID2LABEL = {0: "cat, kitty", 1: "dog", 2: "fish"}
 class FakeHub:
     """Serves ``{repo_id: {path: bytes}}`` through the endpoints ``snapshot_download`` uses:
 
-    ``GET /api/models/{repo}/revision/{rev}`` (commit sha), ``GET /api/models/{repo}/tree/{sha}`` (file
+    ``GET /api/models/{repo}`` and ``/api/models/{repo}/revision/{rev}`` (commit sha and file list: what
+    ``model_info`` asks, as ``DiffusionPipeline.download`` does), ``GET /api/models/{repo}/tree/{sha}`` (file
     list), ``HEAD|GET /{repo}/resolve/{sha}/{path}`` (metadata headers, bytes). Unknown repos answer 404
     with ``X-Error-Code: RepoNotFound``, as the Hub does.
     """
@@ -67,7 +71,7 @@ class FakeHub:
                 path = unquote(urlparse(self.path).path)
                 hub.requests.append((self.command, path))
                 routes = (
-                    (r"/api/models/([^/]+/[^/]+)/revision/([^/]+)", "revision"),
+                    (r"/api/models/([^/]+/[^/]+)(?:/revision/([^/]+))?", "revision"),
                     (r"/api/models/([^/]+/[^/]+)/tree/([^/]+)(?:/.*)?", "tree"),
                     (r"/([^/]+/[^/]+)/resolve/([^/]+)/(.+)", "resolve"),
                 )
@@ -136,13 +140,19 @@ def repo_files(folder: Path) -> dict[str, bytes]:
 
 LOAD_SCRIPT = r"""
 import json, sys, torch
+from diffusers import DiffusionPipeline
 from sit_diffusers.hub import PipelineNotFoundError
 from sit_diffusers.pipeline_sit import SiTPipeline
 repo, x0_path, out_path = sys.argv[1:4]
 pipe = SiTPipeline.from_pretrained(repo)
-pipe.set_progress_bar_config(disable=True)
-images = pipe(["kitty", 2], guidance_scale=2.0, latents=torch.load(x0_path), output_type="pt").images
-torch.save({"images": images, "id2label": pipe.id2label, "folder": str(pipe.config._name_or_path)}, out_path)
+stock = DiffusionPipeline.from_pretrained(repo, trust_remote_code=True)
+runs = {}
+for p in (pipe, stock):
+    p.set_progress_bar_config(disable=True)
+    runs[p] = p(["kitty", 2], guidance_scale=2.0, latents=torch.load(x0_path), output_type="pt").images
+torch.save({"images": runs[pipe], "id2label": pipe.id2label, "folder": str(pipe.config._name_or_path),
+            "classes": [type(c).__module__ for c in (pipe, pipe.transformer, stock, stock.transformer)],
+            "stock_images": runs[stock], "stock_id2label": stock.id2label}, out_path)
 errors = {}
 for ref, kw in (("org/missing", {}), ("org/never-cached", {"local_files_only": True})):
     try:
@@ -184,12 +194,14 @@ def hub_runs(saved_pipeline, tmp_path_factory: pytest.TempPathFactory) -> dict:
     runs = {
         "online": (
             ["org/tiny-sit", x0, str(root / "online.pt")],
-            {"HF_ENDPOINT": hub.url, "HF_HUB_CACHE": str(root / "online-cache")},
+            {"HF_ENDPOINT": hub.url, "HF_HUB_CACHE": str(root / "online-cache"),
+             "HF_MODULES_CACHE": str(root / "online-modules")},
         ),
         # a dead endpoint: any network access would fail loudly
         "offline": (
             ["org/offline-sit", x0, str(root / "offline.pt")],
-            {"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(offline_cache), "HF_ENDPOINT": "http://127.0.0.1:9"},
+            {"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(offline_cache), "HF_ENDPOINT": "http://127.0.0.1:9",
+             "HF_MODULES_CACHE": str(root / "offline-modules")},
         ),
     }
     procs = {name: start_python(LOAD_SCRIPT, args, env) for name, (args, env) in runs.items()}
@@ -210,11 +222,20 @@ def hub_runs(saved_pipeline, tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 
 # ----------------------------------------------------------------------------- tests
+def check_both_loaders(result: dict, ref: torch.Tensor) -> None:
+    """The package's pipeline and the stock-loaded one (the repo's code) give the reference images exactly."""
+    torch.testing.assert_close(result["images"], ref, rtol=0, atol=0)
+    torch.testing.assert_close(result["stock_images"], ref, rtol=0, atol=0)
+    assert result["id2label"] == result["stock_id2label"] == ID2LABEL
+    package, package_model, stock, stock_model = result["classes"]
+    assert package == "sit_diffusers.pipeline_sit" and package_model == "sit_diffusers.modeling_sit"
+    assert stock.startswith("diffusers_modules.") and stock_model.startswith("diffusers_modules.")
+
+
 def test_online_download_then_local_load(saved_pipeline, hub_runs: dict) -> None:
     ref = saved_pipeline[2]
     result, hub = hub_runs["online"], hub_runs["hub"]
-    torch.testing.assert_close(result["images"], ref, rtol=0, atol=0)
-    assert result["id2label"] == ID2LABEL
+    check_both_loaders(result, ref)
     sha = hub.sha["org/tiny-sit"]
     snapshot = hub_runs["online_cache"] / "models--org--tiny-sit" / "snapshots" / sha
     assert Path(result["folder"]) == snapshot  # loaded from the downloaded snapshot
@@ -225,7 +246,8 @@ def test_online_download_then_local_load(saved_pipeline, hub_runs: dict) -> None
     downloaded = {
         p.split(f"/resolve/{sha}/", 1)[1] for m, p in hub.requests if m == "GET" and "/resolve/" in p
     }
-    assert {"model_index.json", "transformer/config.json", "scheduler/scheduler_config.json"} <= downloaded
+    assert {"model_index.json", "transformer/config.json", "scheduler/scheduler_config.json", "pipeline.py",
+            "transformer/sit_transformer.py", "modeling_sit.py"} <= downloaded
     assert "not_needed.bin" not in downloaded and not (snapshot / "not_needed.bin").exists()
     assert "'org/missing' was not found" in result["errors"]["org/missing"]
     assert "not in the local Hub cache" in result["errors"]["org/never-cached"]
@@ -233,8 +255,7 @@ def test_online_download_then_local_load(saved_pipeline, hub_runs: dict) -> None
 
 def test_offline_from_a_cache_laid_out_by_hand(saved_pipeline, hub_runs: dict) -> None:
     result = hub_runs["offline"]
-    torch.testing.assert_close(result["images"], saved_pipeline[2], rtol=0, atol=0)
-    assert result["id2label"] == ID2LABEL
+    check_both_loaders(result, saved_pipeline[2])
     assert "not in the local Hub cache" in result["errors"]["org/missing"]  # a clear error, no traceback
     assert not any(p.startswith("/org/offline") for _, p in hub_runs["hub"].requests)
 

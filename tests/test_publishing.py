@@ -79,8 +79,8 @@ def test_dry_run_writes_the_folder_and_uploads_nothing(built):
                 "scheduler/scheduler_config.json", "vae/config.json"):
         assert (folder / rel).is_file(), rel
     index = json.loads((folder / "model_index.json").read_text())
-    assert index["_class_name"] == "SiTPipeline"
-    assert index["transformer"] == ["sit_diffusers.modeling_sit", "SiTTransformer2DModel"]
+    assert index["_class_name"] == ["pipeline", "SiTPipeline"]  # stock diffusers loads it (trust_remote_code)
+    assert index["transformer"] == ["sit_transformer", "SiTTransformer2DModel"]
     metadata, body = parse_model_card((folder / "README.md").read_text())
     assert metadata["library_name"] == "diffusers" and "SiT-tiny-fixture" in body
     assert result.parity_max_abs_diff <= 1e-6

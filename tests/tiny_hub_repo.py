@@ -70,7 +70,8 @@ def tiny_spec(**overrides) -> RepoSpec:
 
 
 def build_tiny_repo(out: Path, vae_dir: Path | None = None, **build_kwargs):
-    """Run the real build (dry run unless told otherwise) of the fixture checkpoint into ``out``."""
+    """Run the real build (dry run unless told otherwise) of the fixture checkpoint into ``out``. The stock
+    loading check (a fresh Python, a few seconds) runs for a non-dry run or with ``stock_check=True``."""
     build = load_build_module()
     vae_dir = vae_dir or save_tiny_vae(out.parent / f"{out.name}-vae")
     kwargs = dict(checkpoint=FIXTURE_CHECKPOINT, vae=vae_dir, num_heads=FIXTURE_NUM_HEADS, dry_run=True)

@@ -1,18 +1,13 @@
 """Hub loading for sit-diffusers pipelines: download a snapshot with huggingface_hub, then load locally.
 
-Why not ``DiffusionPipeline.from_pretrained("org/repo")`` directly? Two diffusers limits for third-party
-components (diffusers 0.30 - 0.42):
+``SiTPipeline.from_pretrained("org/repo")`` fetches the repo with ``huggingface_hub.snapshot_download``
+(online, or offline from the Hub cache with ``HF_HUB_OFFLINE=1``) and loads the snapshot folder with the
+installed package's classes (:func:`sit_diffusers.remote_code.load_with_package_classes`): no code from the
+repo runs. The download takes the code files too (``*.py``), so the cached snapshot also serves stock
+``DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)`` (see :mod:`sit_diffusers.remote_code`).
 
-1. Online, diffusers lists the repo files and refuses every ``model_index.json`` entry whose library is
-   neither diffusers/transformers nor a ``<component>/<module>.py`` file in the repo
-   (``ValueError: transformer/sit_diffusers.modeling_sit.py ... does not exist ... and is not a module in
-   'diffusers/pipelines'``).
-2. ``DiffusionPipeline.from_pretrained`` resolves ``_class_name`` only among diffusers' own pipelines.
-
-From a *local folder* both work: diffusers imports the component library named in ``model_index.json``
-(``sit_diffusers.modeling_sit``) and the class method is called on :class:`~sit_diffusers.SiTPipeline`. So
-:func:`resolve_pretrained_folder` turns a repo id into a folder (``snapshot_download``: online, or offline
-from the Hub cache with ``HF_HUB_OFFLINE=1``) and ``SiTPipeline.from_pretrained`` loads that folder.
+:func:`resolve_pretrained_folder` turns a reference into that folder, with one clear error per way it can
+fail (no such folder or repo, gated, unknown revision, offline and not cached).
 """
 
 from __future__ import annotations
@@ -32,8 +27,9 @@ from huggingface_hub.utils import validate_repo_id
 
 from .validation import InputError
 
-#: Files a pipeline needs: configs, weights in safetensors, model card / label tables.
-DEFAULT_ALLOW_PATTERNS: tuple[str, ...] = ("*.json", "*.safetensors", "*.txt", "*.md")
+#: Files a pipeline needs: configs, weights in safetensors, model card / label tables, and the code files
+#: stock diffusers loads the repo with (``trust_remote_code=True``).
+DEFAULT_ALLOW_PATTERNS: tuple[str, ...] = ("*.json", "*.safetensors", "*.txt", "*.md", "*.py")
 
 #: Keyword arguments of ``from_pretrained`` that this module consumes (the rest go to diffusers).
 HUB_KWARGS: tuple[str, ...] = (
