@@ -30,7 +30,8 @@ PY
 set +e
 python -m pytest -q -p no:cacheprovider \
   tests/test_modeling_sit.py tests/test_model_hooks.py tests/test_conversion.py tests/test_embedded_model.py \
-  tests/test_pipeline_sit.py tests/test_pipeline_inputs.py tests/test_scheduling_sit.py tests/test_hub.py
+  tests/test_pipeline_sit.py tests/test_pipeline_inputs.py tests/test_scheduling_sit.py tests/test_hub.py \
+  tests/test_stock_loading.py tests/test_lora.py
 rc=$?
 set -e
 if [ "$rc" -eq 5 ]; then

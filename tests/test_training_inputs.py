@@ -4,6 +4,8 @@ Every case must exit 2 with one ``train_sit.py: error:`` line (no traceback) tha
 bad value, fail before any data is read (the data loaders are replaced by tripwires), and leave every file
 under the run folder as it was (bytes and mtimes). Resume cases run against a copy of a real checkpoint,
 tampered with as the case says; the pickle cases carry a payload that would create a file if unpickled.
+Fine-tuning / LoRA cases (issue 13) run against a saved tiny pipeline that fits the base command line
+(``world/pretrained``) and a real 2-step LoRA run (``world/lora-run``).
 """
 
 from __future__ import annotations
@@ -61,7 +63,33 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (root / "broken-latents" / "meta.json").write_text('{"num_examples": 4}')
     assert ts.main([*base_argv(root), "--output_dir", str(root / "run")]) == 0
     assert (root / "run" / "checkpoints" / CKPT / "train_state.json").is_file()
+    _pretrained_folders(root)
+    lora = [a.replace("{world}", str(root)) for a in LORA]
+    assert ts.main([*base_argv(root), *lora, "--save_pipeline", "--output_dir", str(root / "lora-run")]) == 0
+    assert (root / "lora-run" / "lora" / "pytorch_lora_weights.safetensors").is_file()
     return root
+
+
+def _pretrained_folders(root: Path) -> None:
+    """``pretrained``: a saved SiTPipeline that fits the base command line (SiT-S/2 narrowed to TINY, 3 channels,
+    8 px, 2 classes); ``pretrained-no-null``: the same without a null class; ``pretrained-pickle``: its weights
+    as a pickle ``.bin`` only; ``not-sit``: a pipeline folder whose transformer is another class."""
+    from sit_diffusers.modeling_sit import SiTTransformer2DModel
+    from sit_diffusers.pipeline_sit import SiTPipeline
+    from sit_diffusers.scheduling_sit import SiTSampler
+
+    for name, dropout in (("pretrained", 0.1), ("pretrained-no-null", 0.0)):
+        torch.manual_seed(0)
+        model = SiTTransformer2DModel(sample_size=8, in_channels=3, num_classes=2, class_dropout_prob=dropout,
+                                      patch_size=2, **TINY)
+        SiTPipeline(model.eval(), SiTSampler.from_preset("ode-euler")).save_pretrained(root / name)
+    shutil.copytree(root / "pretrained", root / "pretrained-pickle")
+    weights = root / "pretrained-pickle" / "transformer" / "diffusion_pytorch_model.safetensors"
+    weights.with_suffix(".bin").write_bytes(pickle.dumps(_Payload(root / "pwned-by-pretrained")))
+    weights.unlink()
+    shutil.copytree(root / "pretrained", root / "not-sit")
+    config = json.loads((root / "not-sit" / "transformer" / "config.json").read_text())
+    (root / "not-sit" / "transformer" / "config.json").write_text(json.dumps({**config, "_class_name": "DiTModel"}))
 
 
 # ---------------------------------------------------------------------------
@@ -142,6 +170,8 @@ class Case:
 
 
 RESUME = ["--resume_from_checkpoint", "latest"]
+LORA = ["--pretrained_model_name_or_path", "{world}/pretrained", "--lora_rank", "4", "--ema_decay", "0.3"]
+"""A valid LoRA fine-tune of ``world/pretrained`` on top of the base command line (``{world}`` is filled in)."""
 
 CASES = [
     # ---- optimisation
@@ -247,6 +277,65 @@ CASES = [
     Case("resume-changed-data", [*RESUME, "--no-random_flip"], ["--random_flip: True -> False"], output="run"),
     Case("resume-changed-objective", [*RESUME, "--path_type", "gvp"], ["--path_type: 'linear' -> 'gvp'"],
          output="run"),
+    # ---- LoRA flags on their own (issue 13)
+    Case("lora-rank-zero", [*LORA, "--lora_rank", "0"], ["--lora_rank", ">= 1", "got 0"]),
+    Case("lora-rank-negative", [*LORA, "--lora_rank", "-4"], ["--lora_rank", "got -4"]),
+    Case("lora-rank-not-integer", [*LORA, "--lora_rank", "2.5"], ["--lora_rank", "integer", "'2.5'"]),
+    Case("lora-alpha-zero", [*LORA, "--lora_alpha", "0"], ["--lora_alpha", "> 0", "got 0.0"]),
+    Case("lora-alpha-negative", [*LORA, "--lora_alpha", "-8"], ["--lora_alpha", "got -8.0"]),
+    Case("lora-alpha-nan", [*LORA, "--lora_alpha", "nan"], ["--lora_alpha", "finite", "'nan'"]),
+    Case("lora-alpha-inf", [*LORA, "--lora_alpha", "inf"], ["--lora_alpha", "finite", "'inf'"]),
+    Case("lora-dropout-one", [*LORA, "--lora_dropout", "1"], ["--lora_dropout", "< 1", "got 1.0"]),
+    Case("lora-dropout-negative", [*LORA, "--lora_dropout", "-0.1"], ["--lora_dropout", ">= 0", "got -0.1"]),
+    Case("lora-targets-empty", [*LORA, "--lora_target_modules", ""], ["--lora_target_modules", "non-empty names"]),
+    Case("lora-target-unknown", [*LORA, "--lora_target_modules", "to_qkv,qkv_proj"],
+         ["--lora_target_modules", "'qkv_proj'", "valid names", "attn.to_qkv", "ff.linear_1"]),
+    Case("lora-target-not-linear", [*LORA, "--lora_target_modules", "attn,ff"],
+         ["--lora_target_modules", "not Linear layers", "attn (SiTAttention)", "ff (FeedForward)"]),
+    Case("lora-target-conv", [*LORA, "--lora_target_modules", "patch_embed.proj"],
+         ["--lora_target_modules", "patch_embed.proj (Conv2d)"]),
+    Case("lora-ema-keeps-the-start", [*LORA, "--ema_decay", "0.9999"],
+         ["--ema_decay 0.9999", "--max_train_steps 2", "100%", "--ema_decay <= 0.3162"]),
+    # ---- LoRA flags together with others that cannot work
+    Case("lora-without-pretrained", ["--lora_rank", "4", "--ema_decay", "0"],
+         ["--lora_rank 4", "--pretrained_model_name_or_path"]),
+    Case("lora-alpha-without-rank", ["--lora_alpha", "8"], ["--lora_alpha", "without --lora_rank"]),
+    Case("lora-dropout-without-rank", ["--lora_dropout", "0.1"], ["--lora_dropout", "without --lora_rank"]),
+    Case("lora-targets-without-rank", ["--lora_target_modules", "to_qkv"],
+         ["--lora_target_modules", "without --lora_rank"]),
+    Case("lora-model-differs", [*LORA, "--model", "SiT-B/2", "--model_overrides", "{}"],
+         ["--model SiT-B/2", "not the architecture", "depth 12 vs 2", "pass --model SiT-S/2 --model_overrides"]),
+    Case("lora-model-overrides-differ", [*LORA, "--model_overrides", '{"hidden_size": 64, "depth": 2, "num_heads": 2}'],
+         ["hidden_size 64 vs 32", "\"hidden_size\": 32"]),
+    Case("lora-num-classes-differ", [*LORA, "--num_classes", "3"], ["--num_classes 3", "has 2 classes"]),
+    Case("lora-learn-sigma-differs", [*LORA, "--no-learn_sigma"], ["--learn_sigma False", "--learn_sigma"]),
+    Case("lora-resolution-differs", [*LORA, "--resolution", "16"],
+         ["takes 3-channel 8 x 8 inputs", "16 x 16", "--resolution 16"]),
+    Case("lora-channels-differ", [*LORA, "--vae", "{world}/vae", "--resolution", "16"],
+         ["takes 3-channel 8 x 8 inputs", "4-channel 8 x 8", "--vae"]),
+    Case("lora-objective-differs", [*LORA, "--path_type", "gvp"], ["--path_type gvp", "trained for path_type 'linear'"]),
+    Case("lora-no-null-class", [*LORA, "--pretrained_model_name_or_path", "{world}/pretrained-no-null"],
+         ["--class_dropout_prob 0.1", "null class", "--class_dropout_prob 0"]),
+    # ---- the pretrained model itself
+    Case("pretrained-missing", ["--pretrained_model_name_or_path", "{tmp}/no-model"],
+         ["--pretrained_model_name_or_path", "no-model", "not an existing folder"]),
+    Case("pretrained-not-a-pipeline", ["--pretrained_model_name_or_path", "{world}/images"],
+         ["--pretrained_model_name_or_path", "images", "model_index.json"]),
+    Case("pretrained-empty", ["--pretrained_model_name_or_path", " "], ["--pretrained_model_name_or_path", "empty"]),
+    Case("pretrained-pickle-weights", [*LORA, "--pretrained_model_name_or_path", "{world}/pretrained-pickle"],
+         ["pretrained-pickle", "no .safetensors weights", "diffusion_pytorch_model.bin", "never loaded"]),
+    Case("pretrained-not-sit", [*LORA, "--pretrained_model_name_or_path", "{world}/not-sit"],
+         ["not-sit", "'DiTModel'", "not a SiTTransformer2DModel"]),
+    Case("pretrained-full-fine-tune-model-differs", ["--pretrained_model_name_or_path", "{world}/pretrained",
+                                                     "--model", "SiT-S/4"], ["--model SiT-S/4", "patch_size 4 vs 2"]),
+    # ---- resuming a LoRA run
+    Case("lora-resume-as-full-run", [*RESUME, "--allow_config_change"],
+         ["holds LoRA adapters of rank 4", "trains all the model's weights", "cannot be resumed"], output="lora-run"),
+    Case("lora-resume-other-rank", [*LORA, *RESUME, "--lora_rank", "8", "--allow_config_change"],
+         ["holds LoRA adapters of rank 4", "rank 8", "not even with --allow_config_change"], output="lora-run"),
+    Case("lora-resume-changed-rank", [*LORA, *RESUME, "--lora_rank", "8"], ["--lora_rank: 4 -> 8"], output="lora-run"),
+    Case("lora-resume-other-base", [*LORA, *RESUME], [CKPT, "trained on base weights ffffffff", "--allow_config_change"],
+         output="lora-run", tamper=_edit_state(base_model="f" * 64)),
 ]
 
 
@@ -269,8 +358,8 @@ def test_bad_input_exits_2_before_reading_data(
     case: Case, world: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
 ) -> None:
     out = tmp_path / "out"
-    if case.output == "run":
-        shutil.copytree(world / "run", out)
+    if case.output in ("run", "lora-run"):
+        shutil.copytree(world / case.output, out)
     elif case.output == "file":
         out.write_text("not a folder")
     if case.tamper is not None:
@@ -291,7 +380,7 @@ def test_bad_input_exits_2_before_reading_data(
     for text in case.expect:
         assert text in lines[0], f"{text!r} not in {lines[0]!r}"
     assert _snapshot(tmp_path) == before  # nothing written, changed or created (the pickle payload included)
-    assert not (tmp_path / "pwned").exists()
+    assert not (tmp_path / "pwned").exists() and not (world / "pwned-by-pretrained").exists()
 
 
 def test_the_base_command_line_is_valid(world: Path, tmp_path: Path) -> None:
@@ -300,4 +389,13 @@ def test_the_base_command_line_is_valid(world: Path, tmp_path: Path) -> None:
     shutil.copytree(world / "run", out)
     assert ts.main([*base_argv(world), "--output_dir", str(out), *RESUME, "--max_train_steps", "3",
                     "--log_every", "1"]) == 0
+    assert (out / "checkpoints" / "checkpoint-0000003" / "train_state.json").is_file()
+
+
+def test_the_lora_command_line_is_valid(world: Path, tmp_path: Path) -> None:
+    """The LoRA control: the 2-step LoRA run (made by the fixture) resumes, so each LoRA case fails for its change."""
+    out = tmp_path / "lora-run"
+    shutil.copytree(world / "lora-run", out)
+    lora = [a.replace("{world}", str(world)) for a in LORA]
+    assert ts.main([*base_argv(world), *lora, "--output_dir", str(out), *RESUME, "--max_train_steps", "3"]) == 0
     assert (out / "checkpoints" / "checkpoint-0000003" / "train_state.json").is_file()

@@ -3,7 +3,10 @@ only (never pickle, so a checkpoint folder from elsewhere cannot run code when r
 
 ``checkpoint-<step>/`` holds the model and EMA weights and the optimiser tensors as safetensors, the
 optimiser hyperparameters, LR schedule and fp16 loss scaler as JSON, one RNG file per process, and
-``train_state.json`` (format, version, step, config, every file's size and SHA-256). A folder is validated
+``train_state.json`` (format, version, step, config, every file's size and SHA-256). A LoRA run
+(``--lora_rank``) saves only what it trains: ``model.safetensors`` / ``ema.safetensors`` hold the adapter
+weights and their EMA, and ``train_state.json`` the SHA-256 fingerprint of the frozen base weights
+(``base_model``), which a resume must find again. A folder is validated
 (:func:`validate_checkpoint`) before anything in it is read. Writes go to a temporary folder renamed into
 place once complete, so a crash or a full disk never damages the previous checkpoint.
 """
@@ -26,11 +29,12 @@ import numpy as np
 import torch
 
 from sit_diffusers.validation import NonFiniteError
-from training.config import ConfigError, TrainConfig, config_changes
+from training.config import DEFAULT_LORA_TARGET_MODULES, ConfigError, TrainConfig, config_changes
 
 __all__ = [
     "Trainables", "CheckpointWriteError", "checkpoint_dir", "list_checkpoints", "validate_checkpoint",
     "resolve_resume", "save_checkpoint", "read_checkpoint", "load_checkpoint", "rng_state", "set_rng_state",
+    "unwrap_model", "trainable_state", "load_trainable_state",
 ]
 
 logger = logging.getLogger("train_sit")
@@ -74,6 +78,10 @@ class Trainables:
     optimizer: Any
     lr_scheduler: Any
     fsdp: bool = False
+    lora: bool = False
+    """Only the adapters train: the checkpoint holds them (:func:`trainable_state`), not the frozen base."""
+    base_model: str | None = None
+    """LoRA: the fingerprint of the frozen base weights (``train_state.json``'s ``base_model``)."""
 
 
 def checkpoint_dir(cfg: TrainConfig) -> Path:
@@ -158,11 +166,14 @@ def validate_checkpoint(path: Path) -> dict[str, Any]:
     return state
 
 
-def resolve_resume(cfg: TrainConfig, fsdp: bool = False) -> Path | None:
+def resolve_resume(cfg: TrainConfig, fsdp: bool = False, base_model: str | None = None) -> Path | None:
     """The checkpoint to resume from, validated and its config compared with ``cfg``, or ``None``.
 
     Raises ``ConfigError`` before anything is read or written when it is missing, not ours, corrupt, or
-    was trained with other settings (unless ``--allow_config_change``)."""
+    was trained with other settings (unless ``--allow_config_change``). A LoRA run also refuses a checkpoint
+    whose trainables cannot fit (full model vs adapters, another rank or other target modules; even with
+    ``--allow_config_change``) and one trained on other base weights (``base_model``: the fingerprint of the
+    current ``--pretrained_model_name_or_path``; unless ``--allow_config_change``)."""
     if cfg.resume_from_checkpoint is None:
         if list_checkpoints(cfg):
             raise ConfigError(
@@ -192,7 +203,30 @@ def resolve_resume(cfg: TrainConfig, fsdp: bool = False) -> Path | None:
                           "pass the same values, or --allow_config_change if the change is intended")
     if changes:
         logger.warning("resuming %s with changed settings: %s", path, "; ".join(changes))
+    _check_lora_resume(path, state, cfg, base_model)
     return path
+
+
+def _check_lora_resume(path: Path, state: dict[str, Any], cfg: TrainConfig, base_model: str | None) -> None:
+    """What a checkpoint holds (all weights, or adapters of one rank on given modules) must be what this run
+    trains; a LoRA's base weights must be those it was trained on."""
+    saved = state["config"]
+    saved_rank = saved.get("lora_rank")
+    saved_targets = saved.get("lora_target_modules", list(DEFAULT_LORA_TARGET_MODULES))
+
+    def holds(rank: int | None, targets: list[str]) -> str:
+        return "all the model's weights" if rank is None else f"LoRA adapters of rank {rank} on {','.join(targets)}"
+
+    if (saved_rank, saved_rank and saved_targets) != (cfg.lora_rank, cfg.lora_rank and cfg.lora_target_modules):
+        raise ConfigError(f"--resume_from_checkpoint {path} holds {holds(saved_rank, saved_targets)}, but this run "
+                          f"trains {holds(cfg.lora_rank, cfg.lora_target_modules)}: they cannot be resumed into each "
+                          "other (not even with --allow_config_change); use another --output_dir")
+    if cfg.lora_rank is None or state.get("base_model") == base_model or cfg.allow_config_change:
+        return
+    raise ConfigError(f"--resume_from_checkpoint {path}: its LoRA adapters were trained on base weights "
+                      f"{str(state.get('base_model'))[:16]}..., but --pretrained_model_name_or_path "
+                      f"{cfg.pretrained_model_name_or_path!r} now holds {str(base_model)[:16]}... (changed or "
+                      "another revision); resume with the same base, or pass --allow_config_change")
 
 
 # ---- writing -------------------------------------------------------------------------------------------
@@ -288,8 +322,11 @@ def save_checkpoint(cfg: TrainConfig, accelerator: Any, step: int, parts: Traina
     if parts.fsdp:  # collectives: every process takes part, the main one receives the full state dicts
         model_state = accelerator.get_state_dict(parts.model)
         ema_state = accelerator.get_state_dict(parts.ema_model)
+    elif parts.lora:  # the adapters and their EMA; the frozen base is the pretrained model's
+        model_state = trainable_state(unwrap_model(accelerator, parts.model))
+        ema_state = parts.ema_model.state_dict()
     else:
-        model_state = _unwrap(accelerator, parts.model).state_dict()
+        model_state = unwrap_model(accelerator, parts.model).state_dict()
         ema_state = parts.ema_model.state_dict()
 
     def phase(work: Any) -> None:
@@ -337,6 +374,7 @@ def save_checkpoint(cfg: TrainConfig, accelerator: Any, step: int, parts: Traina
             "format": CHECKPOINT_FORMAT, "format_version": CHECKPOINT_VERSION, "step": step,
             "resumable": not parts.fsdp, "num_processes": accelerator.num_processes,
             "torch_version": torch.__version__, "config": cfg.to_dict(), "files": files,
+            **({"base_model": parts.base_model} if parts.lora else {}),
         })
         old = root / f".old-{final.name}"
         if final.exists():  # a previous run reached this step: swap it out only now that tmp is complete
@@ -355,10 +393,31 @@ def save_checkpoint(cfg: TrainConfig, accelerator: Any, step: int, parts: Traina
     return final
 
 
-def _unwrap(accelerator: Any, model: Any) -> Any:
+def unwrap_model(accelerator: Any, model: Any) -> Any:
     """The plain ``SiTTransformer2DModel`` under DDP / ``torch.compile`` wrappers (its state dict keys)."""
     model = accelerator.unwrap_model(model)
     return getattr(model, "_orig_mod", model)
+
+
+def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The parameters that train (``requires_grad``) by name: a LoRA run's adapters
+    (``transformer_blocks.0.attn.to_qkv.lora_A.default.weight``, ...)."""
+    return {name: p.detach() for name, p in model.named_parameters() if p.requires_grad}
+
+
+def load_trainable_state(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Copy ``state`` (from :func:`trainable_state`) into ``model``'s trainable parameters; the names and
+    shapes must be exactly those (``RuntimeError`` otherwise)."""
+    params = {name: p for name, p in model.named_parameters() if p.requires_grad}
+    missing, unexpected = sorted(set(params) - set(state)), sorted(set(state) - set(params))
+    if missing or unexpected:
+        raise RuntimeError(f"trainable parameters differ: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    for name, value in state.items():
+        if tuple(value.shape) != tuple(params[name].shape):
+            raise RuntimeError(f"{name} has shape {tuple(value.shape)}, the model's is {tuple(params[name].shape)}")
+    with torch.no_grad():
+        for name, value in state.items():
+            params[name].copy_(value)
 
 
 def _checkpoint_error(cfg: TrainConfig, final: Path, error: BaseException | None) -> BaseException:
@@ -440,7 +499,10 @@ def load_checkpoint(path: Path, accelerator: Any, parts: Trainables) -> int:
     ckpt = read_checkpoint(path, rank=accelerator.process_index, validate=False)  # resolve_resume validated it
     where = f"--resume_from_checkpoint {path}"
     try:
-        _unwrap(accelerator, parts.model).load_state_dict(ckpt["model"])
+        if parts.lora:
+            load_trainable_state(unwrap_model(accelerator, parts.model), ckpt["model"])
+        else:
+            unwrap_model(accelerator, parts.model).load_state_dict(ckpt["model"])
         parts.ema_model.load_state_dict(ckpt["ema"])
     except RuntimeError as err:
         raise ConfigError(f"{where}: its weights do not fit this model ({err})") from None

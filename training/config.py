@@ -2,7 +2,8 @@
 
 Precedence: dataclass defaults < ``--config file.yaml`` < ``--flag value`` on the command line. Every
 field is a flag of the same name (``--global_batch_size 256``); booleans take ``--flag`` / ``--no-flag``;
-optional fields accept ``none``; ``dict`` fields take JSON (``--model_overrides '{"depth": 2}'``).
+optional fields accept ``none``; ``dict`` fields take JSON (``--model_overrides '{"depth": 2}'``); ``list``
+fields take comma-separated names or a JSON list (``--lora_target_modules to_qkv,to_out``).
 Unknown keys in the file and unknown flags are errors (with the closest valid name), never ignored; every
 value is checked when the config is built (ranges, finiteness), before any data is read.
 
@@ -38,6 +39,14 @@ __all__ = ["TrainConfig", "ConfigError", "parse_config", "config_from_dict", "RE
 
 C = TypeVar("C")
 
+DEFAULT_LORA_TARGET_MODULES: tuple[str, ...] = ("to_qkv", "to_out", "ff.linear_1", "ff.linear_2")
+"""The attention and MLP projections of every SiT block (``sit_diffusers.lora.DEFAULT_TARGET_MODULES``, kept
+here so that the config imports no torch / peft)."""
+
+LORA_EMA_MAX_START = 0.1
+"""The most that the zero-update start of the adapters may weigh in their EMA at the end of a LoRA run
+(``ema_decay ** max_train_steps``)."""
+
 MAX_SEED = 2**32 - 1
 """Largest ``seed``: per-process seeds are ``seed * processes + rank``, which must stay below 2**64."""
 
@@ -70,6 +79,22 @@ class TrainConfig:
     """Label dropout to the null class, for classifier-free guidance; in [0, 1)."""
     learn_sigma: bool = True
     """Keep the unused learned-sigma output half, as the official checkpoints (layout compatibility)."""
+
+    # ----------------------------------------------------- fine-tuning, LoRA
+    pretrained_model_name_or_path: str | None = None
+    """A saved SiTPipeline folder or Hub repo id whose transformer training starts from (fine-tuning); its
+    architecture must be --model / --model_overrides, --num_classes, --resolution, --learn_sigma. none: train
+    from a fresh initialisation."""
+    lora_rank: int | None = None
+    """Train only LoRA adapters of this rank (>= 1) on --lora_target_modules of the pretrained transformer
+    (base frozen; needs --pretrained_model_name_or_path); saved in output_dir/lora. none: train every weight."""
+    lora_alpha: float | None = None
+    """LoRA scale numerator (> 0): the update is (lora_alpha / lora_rank) B A; none = lora_rank (scale 1)."""
+    lora_dropout: float = 0.0
+    """Dropout on the input of the LoRA branch during training, in [0, 1)."""
+    lora_target_modules: list[str] = field(default_factory=lambda: list(DEFAULT_LORA_TARGET_MODULES))
+    """Linear layers that get adapters, comma-separated (peft names: a module name or its end after a dot);
+    default: the attention qkv / output and MLP projections of every block."""
 
     # ------------------------------------------------------------ objective
     path_type: Literal["linear", "gvp", "vp"] = "linear"
@@ -149,7 +174,7 @@ class TrainConfig:
     max_grad_norm: float | None = None
     """Clip the global gradient norm to this (> 0; none = no clipping, as the paper); logged either way."""
     ema_decay: float = 0.9999
-    """EMA decay per step, in [0, 1]."""
+    """EMA decay per step, in [0, 1] (with --lora_rank: of the adapter weights only; 0 = no averaging)."""
     mixed_precision: Literal["no", "fp16", "bf16"] | None = None
     """None takes the value of accelerate launch / its config file."""
     allow_tf32: bool = True
@@ -163,7 +188,7 @@ class TrainConfig:
 
     # --------------------------------------------------------------- outputs
     output_dir: str = "sit-output"
-    """Run folder: checkpoints/, logs/, config.json, pipeline/."""
+    """Run folder: checkpoints/, logs/, config.json, pipeline/ (lora/ with --lora_rank)."""
     report_to: Literal["tensorboard", "wandb", "all", "none"] = "tensorboard"
     """Tracker for loss, grad norm, lr, throughput and sample grids."""
     tracker_project_name: str = "sit-diffusers"
@@ -189,9 +214,10 @@ class TrainConfig:
     sample_num_inference_steps: int = 50
     """Sampler steps of the sample grids (>= 1)."""
     save_pipeline: bool = True
-    """At the end, save a full SiTPipeline folder (EMA weights) in output_dir/pipeline."""
+    """At the end, save a full SiTPipeline folder (EMA weights) in output_dir/pipeline; with --lora_rank, the
+    EMA adapter in diffusers' LoRA format in output_dir/lora instead."""
     push_to_hub: bool = False
-    """Upload the final pipeline to the Hub (needs --hub_model_id)."""
+    """Upload the final pipeline (or LoRA) to the Hub (needs --hub_model_id)."""
     hub_model_id: str | None = None
     """Hub repo id (user/name) for --push_to_hub."""
 
@@ -237,6 +263,41 @@ class TrainConfig:
             raise ConfigError("--push_to_hub needs --hub_model_id (user/name)")
         if self.streaming and self.latents_dir is not None:
             raise ConfigError("--streaming reads images; --latents_dir is a local map-style folder: use one")
+        self._check_lora()
+
+    def _check_lora(self) -> None:
+        """The fine-tuning and LoRA flags on their own and together (the pretrained model itself:
+        ``train_sit.check_pretrained``)."""
+        if self.pretrained_model_name_or_path is not None and not self.pretrained_model_name_or_path.strip():
+            raise ConfigError("--pretrained_model_name_or_path must not be empty")
+        if self.lora_rank is None:
+            unused = [flag for flag, given in (
+                ("--lora_alpha", self.lora_alpha is not None), ("--lora_dropout", self.lora_dropout != 0.0),
+                ("--lora_target_modules", self.lora_target_modules != list(DEFAULT_LORA_TARGET_MODULES)))
+                if given]
+            if unused:
+                raise ConfigError(f"{', '.join(unused)} set without --lora_rank: they configure LoRA adapters; pass "
+                                  "--lora_rank R (with --pretrained_model_name_or_path) or drop them")
+            return
+        _check(_int_at_least, self, "lora_rank", 1)
+        if self.lora_alpha is not None:
+            _check(_float_in, self, "lora_alpha", 0.0, None, False)
+        _check(_float_in, self, "lora_dropout", 0.0, 1.0, True, False)
+        if not self.lora_target_modules:
+            raise ConfigError("--lora_target_modules must name at least one module")
+        if self.pretrained_model_name_or_path is None:
+            raise ConfigError(f"--lora_rank {self.lora_rank} trains adapters on a pretrained transformer: give "
+                              "--pretrained_model_name_or_path (a saved SiTPipeline folder or Hub repo id)")
+        # The saved adapter is the EMA of the adapters, which starts at their zero update (B = 0): a decay that
+        # still weighs that start by more than LORA_EMA_MAX_START at the end would save a silently weak LoRA.
+        start = self.ema_decay ** self.max_train_steps
+        if start > LORA_EMA_MAX_START:
+            ceiling = math.floor(LORA_EMA_MAX_START ** (1.0 / self.max_train_steps) * 1e4) / 1e4
+            raise ConfigError(
+                f"--ema_decay {self.ema_decay} over --max_train_steps {self.max_train_steps}: the EMA of the LoRA "
+                f"adapters (what is saved) would still weigh their zero initial update by {start:.0%}, so the saved "
+                f"LoRA would act at a fraction of its strength; pass --ema_decay <= {ceiling:g} (at most "
+                f"{LORA_EMA_MAX_START:.0%} of the start left), or 0 to save the trained adapters without averaging")
 
     # -------------------------------------------------------------- helpers
     @property
@@ -367,6 +428,20 @@ def _convert(cls: type, name: str, value: Any) -> Any:
         if not isinstance(value, (str, int, float)) or isinstance(value, bool):
             raise ConfigError(f"{flag} must be a string, got {value!r}")
         return str(value)
+    if origin is list or tp is list:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                try:
+                    value = json.loads(text)
+                except json.JSONDecodeError as err:
+                    raise ConfigError(f"{flag} must be a JSON list or comma-separated names, got {value!r}") from err
+            else:
+                value = [part.strip() for part in text.split(",")]
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) and v.strip() for v in value):
+            raise ConfigError(f"{flag} must be a list of non-empty names (comma-separated on the command line), "
+                              f"got {value!r}")
+        return [v.strip() for v in value]
     if origin is dict or tp is dict:
         if isinstance(value, str):
             try:
@@ -452,6 +527,8 @@ def _default_text(f: dataclasses.Field) -> str:
         return "none"
     if isinstance(value, dict):
         return json.dumps(value)
+    if isinstance(value, list):
+        return ",".join(map(str, value))
     return str(value)
 
 

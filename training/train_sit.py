@@ -2,6 +2,7 @@
 
     accelerate launch training/train_sit.py --config training/configs/sit_xl2_imagenet256.yaml
     python training/train_sit.py --train_data_dir ./my_images --model SiT-S/2 --global_batch_size 32
+    python training/train_sit.py --pretrained_model_name_or_path ./my-sit-pipeline --lora_rank 16 ...  # LoRA
 
 The defaults are the paper's recipe (see ``training/config.py``). Read top to bottom:
 checks -> data -> models -> resume -> loop (micro-batches, optimiser, EMA, logs, checkpoints, samples) ->
@@ -13,6 +14,12 @@ resuming reproduces the uninterrupted run bit for bit, and the process count doe
 Checkpoints are this trainer's own format, read with ``safetensors`` and ``json`` only (never pickle, so a
 checkpoint folder from elsewhere cannot run code): weights and optimiser tensors as safetensors, everything
 else as JSON, listed with their sizes and SHA-256 in ``train_state.json``.
+
+Fine-tuning: ``--pretrained_model_name_or_path`` starts from a saved ``SiTPipeline``'s transformer (its
+architecture must be the one the flags describe). With ``--lora_rank`` only LoRA adapters train (peft, on
+``--lora_target_modules``), the base stays frozen, checkpoints hold the adapters, their EMA and the
+optimiser state, and the run ends with ``output_dir/lora/pytorch_lora_weights.safetensors`` in diffusers'
+LoRA format (the EMA adapters) for ``SiTPipeline.load_lora_weights``.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import difflib
+import hashlib
 import inspect
 import json
 import logging
@@ -28,6 +36,7 @@ import os
 import shutil
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,10 +53,13 @@ from training.checkpoints import (  # noqa: E402
     Trainables,
     any_process_failed,
     load_checkpoint,
+    load_trainable_state,
     nonfinite_keys,
     read_checkpoint,
     resolve_resume,
     save_checkpoint,
+    trainable_state,
+    unwrap_model,
     validate_checkpoint,
 )
 from training.config import ConfigError, TrainConfig, parse_config  # noqa: E402
@@ -68,6 +80,7 @@ from training.data import (  # noqa: E402
 __all__ = [
     "train", "main", "check_config", "micro_batch_loss", "save_checkpoint", "resolve_resume",
     "validate_checkpoint", "read_checkpoint", "sample_draws", "update_ema", "CheckpointWriteError",
+    "Pretrained", "check_pretrained", "load_pretrained", "add_lora", "AdapterEMA", "save_lora",
 ]
 
 logger = logging.getLogger("train_sit")
@@ -97,12 +110,13 @@ def model_arguments(cfg: TrainConfig) -> dict[str, Any]:
     return {**SIT_CONFIGS[cfg.model], **cfg.model_overrides}
 
 
-def check_config(cfg: TrainConfig) -> None:
+def check_config(cfg: TrainConfig) -> Pretrained | None:
     """Checks that need the model registry, the objective or the sampler presets; raises ``ConfigError``.
 
     Runs before the accelerator, the data or any file: model name, ``model_overrides`` keys and values
     (the architecture is built on the meta device), the objective, the sampler preset and, in pixel
-    space, the resolution against the patch size. (The VAE and latents geometry: ``check_geometry``.)
+    space, the resolution against the patch size; then the pretrained model of a fine-tuning run
+    (:func:`check_pretrained`, returned). (The VAE and latents geometry: ``check_geometry``.)
     """
     from sit_diffusers.modeling_sit import SIT_CONFIGS, SiTTransformer2DModel
     from sit_diffusers.scheduling_sit import SAMPLER_PRESETS
@@ -156,6 +170,7 @@ def check_config(cfg: TrainConfig) -> None:
         check_writable_dir("--output_dir", cfg.output_dir)
     except InputError as err:
         raise ConfigError(str(err)) from None
+    return check_pretrained(cfg)
 
 
 def _check_side(cfg: TrainConfig, side: int, what: str) -> None:
@@ -185,6 +200,239 @@ def check_geometry(cfg: TrainConfig, vae_config: Any | None) -> None:
             raise ConfigError(f"--resolution {cfg.resolution} is not divisible by the VAE's downsampling factor "
                               f"{factor}")
         _check_side(cfg, cfg.resolution // factor, f"--resolution {cfg.resolution} gives a latent side")
+
+
+# ===========================================================================
+# Fine-tuning and LoRA: the pretrained model, the adapters, their EMA
+# ===========================================================================
+
+
+@dataclass
+class Pretrained:
+    """The saved pipeline a fine-tuning run starts from (checked, not loaded: :func:`load_pretrained`)."""
+
+    folder: Path
+    """The local pipeline folder (a Hub repo id resolved to its snapshot)."""
+    config: dict[str, Any]
+    """Its ``transformer/config.json``."""
+    fingerprint: str | None
+    """LoRA runs: SHA-256 over its transformer's ``.safetensors`` files, the base a checkpoint was trained on."""
+
+
+_ARCH_KEYS = ("depth", "hidden_size", "num_heads", "patch_size", "mlp_ratio")
+
+
+def _read_json_file(path: Path, where: str) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{where}: {path.parent.name}/{path.name} is missing (not a saved SiTPipeline)") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ConfigError(f"{where}: {path.parent.name}/{path.name} is unreadable ({type(err).__name__}: {err})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: {path.parent.name}/{path.name} is not a JSON object")
+    return data
+
+
+def _model_flags(config: dict[str, Any], model: str) -> str:
+    """The ``--model`` / ``--model_overrides`` that describe the architecture of a transformer config: the
+    named config with the fewest overrides, then the closest width (``model``, the one given, on a tie)."""
+    from sit_diffusers.modeling_sit import SIT_CONFIGS
+
+    arch = {k: config.get(k) for k in ("depth", "hidden_size", "num_heads", "patch_size")}
+    names = [model, *(n for n in SIT_CONFIGS if n != model)] if model in SIT_CONFIGS else list(SIT_CONFIGS)
+    name = min(names, key=lambda n: (sum(SIT_CONFIGS[n][k] != v for k, v in arch.items()),
+                                     abs(SIT_CONFIGS[n]["hidden_size"] - (arch["hidden_size"] or 0))))
+    overrides = {k: v for k, v in arch.items() if SIT_CONFIGS[name][k] != v}
+    if config.get("mlp_ratio", 4.0) != 4.0:
+        overrides["mlp_ratio"] = config["mlp_ratio"]
+    return f"--model {name}" + (f" --model_overrides '{json.dumps(overrides)}'" if overrides else "")
+
+
+def _fingerprint(files: list[Path]) -> str:
+    digest = hashlib.sha256()
+    for file in files:
+        digest.update(file.name.encode() + b"\0")
+        with file.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 24), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def check_pretrained(cfg: TrainConfig) -> Pretrained | None:
+    """``--pretrained_model_name_or_path`` resolved (a Hub id is downloaded) and checked against the flags
+    before anything else is read: a ``SiTTransformer2DModel`` with ``.safetensors`` weights (pickle is never
+    loaded) whose architecture is ``--model`` / ``--model_overrides``, whose ``num_classes``, ``learn_sigma``
+    and null class match ``--num_classes``, ``--learn_sigma``, ``--class_dropout_prob``, whose sampler was
+    trained for ``--path_type`` / ``--prediction``, and, with ``--lora_rank``, where every
+    ``--lora_target_modules`` name is a Linear layer. ``None`` without the flag. Raises ``ConfigError``."""
+    ref = cfg.pretrained_model_name_or_path
+    if ref is None:
+        return None
+    from sit_diffusers.hub import resolve_pretrained_folder
+
+    where = f"--pretrained_model_name_or_path {ref!r}"
+    try:
+        folder = resolve_pretrained_folder(ref)
+    except (InputError, OSError) as err:
+        raise ConfigError(f"{where}: {err}") from None
+    config = _read_json_file(folder / "transformer" / "config.json", where)
+    if config.get("_class_name") != "SiTTransformer2DModel":
+        raise ConfigError(f"{where}: its transformer is a {config.get('_class_name')!r}, not a SiTTransformer2DModel")
+    weights = sorted((folder / "transformer").glob("*.safetensors"))
+    if not weights:
+        pickles = sorted(p.name for p in (folder / "transformer").iterdir() if p.suffix in (".bin", ".pt", ".pth"))
+        raise ConfigError(f"{where}: its transformer has no .safetensors weights"
+                          + (f" (only {', '.join(pickles)}: pickle files are never loaded)" if pickles else ""))
+    arch = {"mlp_ratio": 4.0, **model_arguments(cfg)}
+    diffs = [f"{k} {arch.get(k)} vs {config.get(k)}" for k in _ARCH_KEYS if arch.get(k) != config.get(k)]
+    if diffs:
+        raise ConfigError(f"--model {cfg.model} with --model_overrides {json.dumps(cfg.model_overrides)} is not the "
+                          f"architecture of {where} ({'; '.join(diffs)}): pass {_model_flags(config, cfg.model)}")
+    if config.get("num_classes") != cfg.num_classes:
+        raise ConfigError(f"--num_classes {cfg.num_classes}: the transformer of {where} has "
+                          f"{config.get('num_classes')} classes (pass --num_classes {config.get('num_classes')})")
+    if config.get("learn_sigma") != cfg.learn_sigma:
+        raise ConfigError(f"--learn_sigma {cfg.learn_sigma}: the transformer of {where} has learn_sigma "
+                          f"{config.get('learn_sigma')} (pass --{'' if config.get('learn_sigma') else 'no-'}learn_sigma)")
+    if cfg.class_dropout_prob > 0 and not (config.get("class_dropout_prob") or 0) > 0:
+        raise ConfigError(f"--class_dropout_prob {cfg.class_dropout_prob} drops labels to the null class, but the "
+                          f"transformer of {where} has none (class_dropout_prob 0): pass --class_dropout_prob 0")
+    sampler_file = folder / "scheduler" / "scheduler_config.json"
+    if sampler_file.is_file():
+        sampler = _read_json_file(sampler_file, where)
+        for key, value in (("path_type", cfg.path_type), ("prediction", cfg.prediction)):
+            if sampler.get("_class_name") == "SiTSampler" and sampler.get(key, value) != value:
+                raise ConfigError(f"--{key} {value}: the model of {where} was trained for {key} "
+                                  f"{sampler[key]!r} (its sampler says so); pass --{key} {sampler[key]}")
+    if cfg.lora_rank is not None:
+        _check_lora_targets(cfg, config)
+    return Pretrained(folder=folder, config=config,
+                      fingerprint=_fingerprint(weights) if cfg.lora_rank is not None else None)
+
+
+def _check_lora_targets(cfg: TrainConfig, config: dict[str, Any]) -> None:
+    """peft is installed and every ``--lora_target_modules`` name is a Linear layer of the architecture."""
+    from diffusers.utils import USE_PEFT_BACKEND
+
+    from sit_diffusers.lora import check_target_modules
+    from sit_diffusers.modeling_sit import SiTTransformer2DModel
+
+    if not USE_PEFT_BACKEND:
+        raise ConfigError(f"--lora_rank {cfg.lora_rank} needs peft>=0.18: pip install 'sit-diffusers[training]'")
+    known = set(inspect.signature(SiTTransformer2DModel.__init__).parameters) - {"self"}
+    with torch.device("meta"):
+        model = SiTTransformer2DModel(**{k: v for k, v in config.items() if k in known})
+    try:
+        check_target_modules(model, cfg.lora_target_modules, name="--lora_target_modules")
+    except InputError as err:
+        raise ConfigError(str(err)) from None
+
+
+def model_geometry(cfg: TrainConfig, vae_config: Any | None) -> tuple[int, int, str]:
+    """``(channels, side, how)`` of what the model is fed: the precomputed latents, the VAE's latents of
+    ``--resolution`` images, or the images themselves (pixel space); ``how`` says which, with its flags."""
+    if cfg.latents_dir is not None:
+        c, h, _ = LatentsMeta.read(cfg.latents_dir).latent_shape
+        return c, h, f"the latents of --latents_dir {cfg.latents_dir}"
+    if vae_config is not None:
+        return (vae_config.latent_channels, cfg.resolution // vae_downsample(vae_config),
+                f"--vae {cfg.vae} latents of --resolution {cfg.resolution} images")
+    return cfg.image_channels, cfg.resolution, (f"pixel space: --resolution {cfg.resolution}, --image_channels "
+                                                f"{cfg.image_channels}")
+
+
+def check_pretrained_geometry(cfg: TrainConfig, pretrained: Pretrained, vae_config: Any | None) -> None:
+    """The pretrained transformer takes what the run feeds it: channels and side (after ``check_geometry``)."""
+    channels, side, how = model_geometry(cfg, vae_config)
+    want_c, want_s = pretrained.config.get("in_channels"), pretrained.config.get("sample_size")
+    if (channels, side) != (want_c, want_s):
+        raise ConfigError(f"--pretrained_model_name_or_path {cfg.pretrained_model_name_or_path!r} takes {want_c}-channel "
+                          f"{want_s} x {want_s} inputs, but this run feeds it {channels}-channel {side} x {side} "
+                          f"({how}); set the resolution, VAE or channels it was trained with")
+
+
+def load_pretrained(pretrained: Pretrained, ref: str) -> Any:
+    """The pretrained ``SiTTransformer2DModel`` in float32 (safetensors only); ``ConfigError`` if it cannot be
+    loaded or holds NaN/inf."""
+    from sit_diffusers.modeling_sit import SiTTransformer2DModel
+
+    where = f"--pretrained_model_name_or_path {ref!r}"
+    try:
+        with warnings.catch_warnings():  # newer diffusers warn that torch_dtype is now dtype; older ones know only it
+            warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)
+            model = SiTTransformer2DModel.from_pretrained(pretrained.folder, subfolder="transformer",
+                                                          torch_dtype=torch.float32, use_safetensors=True)
+    except (OSError, ValueError, RuntimeError, KeyError) as err:
+        first = next((line for line in str(err).splitlines() if line.strip()), type(err).__name__)
+        raise ConfigError(f"{where}: its transformer could not be loaded ({type(err).__name__}: {first})") from None
+    bad = nonfinite_keys(model.state_dict())
+    if bad:
+        raise ConfigError(f"{where}: {len(bad)} weight tensor(s) of its transformer hold NaN/inf (e.g. {bad[0]})")
+    return model
+
+
+def add_lora(cfg: TrainConfig, model: Any) -> None:
+    """Freeze ``model`` and add the adapter ``"default"`` (``--lora_rank``, ``--lora_alpha``,
+    ``--lora_dropout`` on ``--lora_target_modules``; A drawn from ``--seed``, B zero). Afterwards exactly the
+    adapter weights train; anything else is a bug and raises."""
+    from sit_diffusers.lora import lora_config
+
+    model.requires_grad_(False)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        model.add_adapter(lora_config(cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_target_modules))
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    frozen_adapters = [n for n, p in model.named_parameters() if ".lora_" in n and not p.requires_grad]
+    if not trainable or frozen_adapters or any(".lora_" not in n for n in trainable):
+        raise RuntimeError(f"LoRA setup: the trainable parameters must be exactly the adapters; trainable "
+                           f"{trainable[:3]}..., frozen adapters {frozen_adapters[:3]}")
+
+
+class AdapterEMA:
+    """EMA of the adapter weights of a LoRA run (``update_ema`` on them only).
+
+    The base is frozen, so its average would be itself: no second copy of the (possibly billion-parameter)
+    base is kept. ``state_dict`` / ``load_state_dict`` are by the adapter parameter names
+    (:func:`~training.checkpoints.trainable_state`); :meth:`applied` puts the averages into the model for
+    sampling and saving, and restores the trained weights after.
+    """
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.shadow = {name: p.detach().clone() for name, p in trainable_state(model).items()}
+
+    def parameters(self) -> list[torch.Tensor]:
+        return list(self.shadow.values())
+
+    def to(self, device: torch.device) -> AdapterEMA:
+        self.shadow = {name: t.to(device) for name, t in self.shadow.items()}
+        return self
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return dict(self.shadow)
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        if set(state) != set(self.shadow):
+            raise RuntimeError(f"EMA adapter names differ: missing {sorted(set(self.shadow) - set(state))[:3]}, "
+                               f"unexpected {sorted(set(state) - set(self.shadow))[:3]}")
+        for name, value in state.items():
+            if value.shape != self.shadow[name].shape:
+                raise RuntimeError(f"EMA {name} has shape {tuple(value.shape)}, the model's is "
+                                   f"{tuple(self.shadow[name].shape)}")
+            self.shadow[name].copy_(value)
+
+    @contextlib.contextmanager
+    def applied(self, model: torch.nn.Module) -> Any:
+        """``model`` with the averaged adapters, in eval mode (no LoRA or label dropout), then restored."""
+        trained = {name: t.clone() for name, t in trainable_state(model).items()}
+        was_training = model.training
+        load_trainable_state(model, self.shadow)
+        model.eval()
+        try:
+            yield model
+        finally:
+            load_trainable_state(model, trained)
+            model.train(was_training)
 
 
 # ===========================================================================
@@ -307,16 +555,23 @@ def make_batches(cfg: TrainConfig, data: DataSource, accelerator: Any, start_ste
                                   seed=cfg.seed, random_flip=cfg.random_flip).example
         return iter(StreamingBatches(data.dataset, example_fn, buffer_size=cfg.shuffle_buffer_size, **common))
     sampler = StepBatchSampler(data.num_examples, **common)
+    # The loader's own generator: creating the iterator (after a resume, where the first run created it before
+    # step 1) must not draw from the global RNG that LoRA dropout uses, or a resumed run would drift.
     loader = torch.utils.data.DataLoader(
         data.dataset, batch_sampler=sampler, num_workers=cfg.dataloader_num_workers,
         pin_memory=accelerator.device.type == "cuda", persistent_workers=False,
+        generator=torch.Generator().manual_seed(cfg.seed),
     )
     return iter(loader)
 
 
-def build_model(cfg: TrainConfig, in_channels: int, sample_size: int) -> Any:
-    """A freshly initialised ``SiTTransformer2DModel`` (same weights on every process: seeded)."""
+def build_model(cfg: TrainConfig, in_channels: int, sample_size: int, pretrained: Any | None = None) -> Any:
+    """A freshly initialised ``SiTTransformer2DModel`` (same weights on every process: seeded), or the
+    ``pretrained`` one (:func:`load_pretrained`, whose geometry ``check_pretrained_geometry`` checked)."""
     from sit_diffusers.modeling_sit import SiTTransformer2DModel
+
+    if pretrained is not None:
+        return pretrained
 
     kwargs = dict(sample_size=sample_size, in_channels=in_channels, num_classes=cfg.num_classes,
                   class_dropout_prob=cfg.class_dropout_prob, learn_sigma=cfg.learn_sigma)
@@ -527,6 +782,75 @@ def save_pipeline(cfg: TrainConfig, ema_state: dict[str, torch.Tensor], model_co
     return out
 
 
+LORA_CARD = """# {name}
+
+A LoRA adapter (rank {rank}, alpha {alpha}, on {targets}) for the SiT pipeline `{base}`, trained with
+`training/train_sit.py --lora_rank {rank}` of sit-diffusers: {steps} optimiser steps at global batch {batch}
+({images} images seen), on {data}; the base weights were frozen. Weights: the EMA (decay {ema}) of the
+adapters, in diffusers' LoRA format.
+
+Reproduce with `accelerate launch training/train_sit.py --config config.yaml` (the file beside this card).
+
+```python
+from sit_diffusers.pipeline_sit import SiTPipeline
+pipe = SiTPipeline.from_pretrained("{base}")
+pipe.load_lora_weights("<this folder>")
+images = pipe(class_labels=[0, 1], guidance_scale={cfg_scale}).images
+```
+"""
+"""Body of the LoRA folder's ``README.md`` (front matter: ``ModelCardData``, see :func:`save_lora`)."""
+
+
+def save_lora(cfg: TrainConfig, model: Any, ema: AdapterEMA, step: int, data_name: str) -> Path:
+    """Save ``output_dir/lora``: ``pytorch_lora_weights.safetensors`` (the EMA adapters in diffusers' LoRA
+    format, their ``LoraConfig`` in the header), ``README.md`` and ``config.yaml``, written as one folder
+    atomically. ``model`` is the unwrapped transformer with its adapter ``"default"``."""
+    import yaml
+    from huggingface_hub import ModelCardData
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    from sit_diffusers.atomic import write_folder_atomically
+    from sit_diffusers.lora import SiTLoraLoaderMixin, transformer_lora_layers
+    from sit_diffusers.model_card import PIPELINE_TAG, build_model_card
+
+    with ema.applied(model):
+        layers, metadata = transformer_lora_layers(model)
+        layers = {k: v.detach().float().cpu().clone() for k, v in layers.items()}
+    bad = nonfinite_keys(layers)
+    if bad:
+        raise NonFiniteError(f"refusing to save the LoRA: {len(bad)} EMA adapter tensor(s) hold NaN/inf (e.g. {bad[0]})")
+    base = cfg.pretrained_model_name_or_path
+    try:
+        validate_repo_id(base)
+        base_model = None if Path(base).expanduser().exists() else base
+    except HFValidationError:
+        base_model = None
+    relation = {"base_model_relation": "adapter"} if base_model else {}
+    data = ModelCardData(library_name="diffusers", pipeline_tag=PIPELINE_TAG, base_model=base_model,
+                         tags=["sit", "diffusers", "lora", "class-conditional", "image-generation"], **relation)
+    body = LORA_CARD.format(
+        name=cfg.hub_model_id or f"LoRA of {base}", rank=cfg.lora_rank,
+        alpha=cfg.lora_alpha if cfg.lora_alpha is not None else cfg.lora_rank, targets=", ".join(cfg.lora_target_modules),
+        base=base, steps=step, batch=cfg.global_batch_size, images=step * cfg.global_batch_size, data=data_name,
+        ema=cfg.ema_decay, cfg_scale=cfg.sample_guidance_scale)
+    card = build_model_card(data, body)
+
+    def write(folder: Path) -> None:
+        SiTLoraLoaderMixin.save_lora_weights(folder, transformer_lora_layers=layers,
+                                             transformer_lora_adapter_metadata=metadata)
+        (folder / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        (folder / "README.md").write_text(str(card), encoding="utf-8")
+
+    out = write_folder_atomically(Path(cfg.output_dir) / "lora", write)
+    if cfg.push_to_hub:
+        from huggingface_hub import HfApi
+
+        api = HfApi()
+        api.create_repo(cfg.hub_model_id, exist_ok=True)
+        api.upload_folder(repo_id=cfg.hub_model_id, folder_path=str(out), commit_message=f"SiT LoRA step {step}")
+    return out
+
+
 # ===========================================================================
 # Training
 # ===========================================================================
@@ -579,36 +903,50 @@ def train(cfg: TrainConfig, dataset: Any | None = None) -> Path:
     logger.setLevel(logging.INFO)
 
     # ---- checks (no data read, nothing written before they all pass)
-    check_config(cfg)
+    pretrained = check_config(cfg)
+    lora = cfg.lora_rank is not None
     accelerator = make_accelerator(cfg)
     fsdp = accelerator.distributed_type == DistributedType.FSDP
+    if fsdp and lora:
+        raise ConfigError("--lora_rank under FSDP is not supported (peft adapters in sharded modules); the frozen "
+                          "base fits where the adapters train: use DDP or a single process")
     device = accelerator.device
     torch.backends.cuda.matmul.allow_tf32 = cfg.allow_tf32
     torch.backends.cudnn.allow_tf32 = cfg.allow_tf32
+    base_model = pretrained.fingerprint if lora else None
 
-    def checks_and_data() -> tuple[Path | None, Any, DataSource]:
-        resume = resolve_resume(cfg, fsdp=fsdp)
+    def checks_and_data() -> tuple[Path | None, Any, Any, DataSource]:
+        resume = resolve_resume(cfg, fsdp=fsdp, base_model=base_model)
         vae = None
         if cfg.vae is not None and cfg.latents_dir is None:
             vae = load_vae(cfg.vae, cfg.vae_subfolder, device)
             set_vae_scaling(vae, cfg.vae_scaling_factor)
         check_geometry(cfg, vae.config if vae is not None else None)
+        base = None
+        if pretrained is not None:
+            check_pretrained_geometry(cfg, pretrained, vae.config if vae is not None else None)
+            base = load_pretrained(pretrained, cfg.pretrained_model_name_or_path)
         # ---- data (the first read)
-        return resume, vae, build_data(cfg, dataset, vae.config if vae is not None else None)
+        return resume, vae, base, build_data(cfg, dataset, vae.config if vae is not None else None)
 
-    resume, vae, data = _together(accelerator, checks_and_data)
+    resume, vae, base, data = _together(accelerator, checks_and_data)
 
     # ---- models, objective, optimiser
-    model = build_model(cfg, data.model_channels, data.model_size)
+    model = build_model(cfg, data.model_channels, data.model_size, pretrained=base)
     model_config = dict(model.config)
-    ema_model = copy.deepcopy(model).eval().requires_grad_(False)
+    if lora:  # base frozen, adapters train; their EMA only (the base's would be itself)
+        add_lora(cfg, model)
+        ema_model = AdapterEMA(model)
+    else:
+        ema_model = copy.deepcopy(model).eval().requires_grad_(False)
     if cfg.gradient_checkpointing:
         model.enable_gradient_checkpointing()
     if cfg.torch_compile:
         model = torch.compile(model)
-    model.train()  # the label dropout coin is ours (force_drop_ids); no other train/eval difference
+    model.train()  # the label dropout coin is ours (force_drop_ids); else only LoRA's dropout differs
     objective = build_objective(cfg)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2),
+    trainable = [p for p in model.parameters() if p.requires_grad]  # every weight, or the adapters
+    optimizer = torch.optim.AdamW(trainable, lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2),
                                   eps=cfg.adam_epsilon, weight_decay=cfg.weight_decay)
     from diffusers.optimization import get_scheduler
 
@@ -619,9 +957,9 @@ def train(cfg: TrainConfig, dataset: Any | None = None) -> Path:
         ema_model = accelerator.prepare(ema_model)
     else:
         ema_model.to(device)
-    params = list(model.parameters())
+    params = [p for p in model.parameters() if p.requires_grad]
     ema_params = list(ema_model.parameters())
-    parts = Trainables(model, ema_model, optimizer, lr_scheduler, fsdp)
+    parts = Trainables(model, ema_model, optimizer, lr_scheduler, fsdp, lora=lora, base_model=base_model)
 
     # ---- resume (model, EMA, optimiser, LR schedule, loss scaler, RNG states; the data position is the step)
     torch.manual_seed(cfg.seed * accelerator.num_processes + accelerator.process_index)  # per-process seed
@@ -637,15 +975,15 @@ def train(cfg: TrainConfig, dataset: Any | None = None) -> Path:
         (Path(cfg.output_dir) / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
     if cfg.report_to != "none":
         accelerator.init_trackers(cfg.tracker_project_name, config={
-            k: (json.dumps(v) if isinstance(v, dict) else v) for k, v in cfg.to_dict().items()})
+            k: (json.dumps(v) if isinstance(v, (dict, list)) else v) for k, v in cfg.to_dict().items()})
     n_params = sum(p.numel() for p in accelerator.unwrap_model(model).parameters())
-    logger.info("SiT parameters: %s; examples: %s; processes: %d; micro-batch: %d", f"{n_params:,}",
-                data.num_examples, accelerator.num_processes,
+    logger.info("SiT parameters: %s (trained: %s); examples: %s; processes: %d; micro-batch: %d", f"{n_params:,}",
+                f"{sum(p.numel() for p in params):,}", data.num_examples, accelerator.num_processes,
                 cfg.global_batch_size // (accelerator.num_processes * cfg.gradient_accumulation_steps))
 
     # ---- loop
     decode_vae = vae  # what sample grids and the final pipeline decode with (loaded once, main process)
-    if vae is None and accelerator.is_main_process and (cfg.sample_every or cfg.save_pipeline):
+    if vae is None and accelerator.is_main_process and (cfg.sample_every or (cfg.save_pipeline and not lora)):
         decode_vae = _vae_for_pipeline(cfg, data, device)
     batches = make_batches(cfg, data, accelerator, start_step)
     shape = (data.model_channels, data.model_size, data.model_size)
@@ -666,7 +1004,7 @@ def train(cfg: TrainConfig, dataset: Any | None = None) -> Path:
                 accelerator.backward(loss / accum)
             step_loss += loss.detach() / accum
         max_norm = cfg.max_grad_norm if cfg.max_grad_norm is not None else math.inf
-        grad_norm = accelerator.clip_grad_norm_(model.parameters(), max_norm)
+        grad_norm = accelerator.clip_grad_norm_(params, max_norm)
         done = step + 1
         # One sync per step: stop before a NaN/inf step touches the weights, the EMA or a checkpoint.
         grad_bad = (~torch.isfinite(torch.as_tensor(grad_norm, device=device)) if check_grad and grad_norm is not None
@@ -704,16 +1042,23 @@ def train(cfg: TrainConfig, dataset: Any | None = None) -> Path:
         if done % cfg.checkpointing_steps == 0 or done == cfg.max_train_steps:
             last_checkpoint = save_checkpoint(cfg, accelerator, done, parts).name
         if cfg.sample_every and done % cfg.sample_every == 0 and not fsdp:
-            if accelerator.is_main_process:
+            if accelerator.is_main_process and lora:
+                with ema_model.applied(unwrap_model(accelerator, model)) as net:
+                    log_samples(cfg, accelerator, net, decode_vae, done)
+            elif accelerator.is_main_process:
                 log_samples(cfg, accelerator, ema_model, decode_vae, done)
             accelerator.wait_for_everyone()
 
-    # ---- final pipeline (EMA weights)
+    # ---- final pipeline (EMA weights), or the LoRA (EMA adapters)
     final_step = max(start_step, cfg.max_train_steps)
-    if cfg.save_pipeline:
+    source = cfg.latents_dir or cfg.train_data_dir or (cfg.dataset_name if dataset is None else "an in-memory dataset")
+    if cfg.save_pipeline and lora:
+        if accelerator.is_main_process:
+            out = save_lora(cfg, unwrap_model(accelerator, model), ema_model, final_step, str(source))
+            logger.info("saved the LoRA to %s", out)
+    elif cfg.save_pipeline:
         ema_state = accelerator.get_state_dict(ema_model) if fsdp else ema_model.state_dict()
         if accelerator.is_main_process:
-            source = cfg.latents_dir or cfg.train_data_dir or (cfg.dataset_name if dataset is None else "an in-memory dataset")
             out = save_pipeline(cfg, {k: v.cpu() for k, v in ema_state.items()}, model_config, decode_vae,
                                 data.id2label, final_step, str(source))
             logger.info("saved the pipeline to %s", out)
