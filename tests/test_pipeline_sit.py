@@ -471,3 +471,21 @@ def test_callback_guidance_change_takes_effect_from_the_next_step(tiny_pipe: SiT
 def test_bad_callback_returns_are_refused(tiny_pipe: SiTPipeline, returned, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         tiny_pipe([1], num_inference_steps=2, output_type="latent", callback_on_step_end=lambda *a: returned)
+
+
+# ----------------------------------------------------------------------------- diffusers' flow schedulers
+def test_a_flow_scheduler_survives_save_and_load(tiny_pipe: SiTPipeline, tmp_path: Path) -> None:
+    """A pipeline whose scheduler is a diffusers flow scheduler saves it as diffusers' own class and loads it
+    back with its config; the samples are the same (tests/test_flow_schedulers.py has the sampling tests)."""
+    from diffusers import UniPCMultistepScheduler
+
+    tiny_pipe.set_sampler(UniPCMultistepScheduler(use_flow_sigmas=True, prediction_type="flow_prediction",
+                                                  flow_shift=2.0))
+    tiny_pipe.save_pretrained(tmp_path)
+    loaded = SiTPipeline.from_pretrained(tmp_path)
+    loaded.set_progress_bar_config(disable=True)
+    assert type(loaded.scheduler).__name__ == "UniPCMultistepScheduler" and loaded.scheduler.config.flow_shift == 2.0
+    kw = {"num_inference_steps": 3, "latents": torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0)),
+          "output_type": "latent", "guidance_scale": 2.0}
+    a, b = tiny_pipe([1], **kw), loaded([1], **kw)
+    assert a.nfe == b.nfe == 3 and torch.equal(a.images, b.images)

@@ -34,6 +34,7 @@ evaluations (official: 500).
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -378,11 +379,17 @@ class SiTSampler(SchedulerMixin, ConfigMixin):
         }
         return SiTObjective(**{**kwargs, **overrides})
 
-    def num_model_evaluations(self, num_inference_steps: int) -> int | None:
-        """Network calls of :meth:`sample` (``None`` for adaptive solvers, which choose their steps)."""
+    def num_model_evaluations(self, num_inference_steps: int, strength: float = 1.0) -> int | None:
+        """Network calls of :meth:`sample` (``None`` for adaptive solvers, which choose their steps); with a
+        ``strength`` below 1, of the shorter run of :meth:`sampling_grid`."""
         n = self.check_num_inference_steps(num_inference_steps)
         if self.is_adaptive:
             return None
+        if strength != 1.0:
+            steps = self.sampling_grid(n, strength).shape[0] - 1
+            if self._mode == "ode":
+                return steps * ODE_FIXED_SOLVERS[self._solver].evals
+            return steps * SDE_SOLVERS[self._solver].evals + (self._last_step is not None)
         if self._mode == "ode":
             return n * ODE_FIXED_SOLVERS[self._solver].evals
         evals = SDE_SOLVERS[self._solver].evals
@@ -393,6 +400,33 @@ class SiTSampler(SchedulerMixin, ConfigMixin):
     # ------------------------------------------------------------------------------------------------
     # grid
     # ------------------------------------------------------------------------------------------------
+    def sampling_grid(self, num_inference_steps: int, strength: float = 1.0,
+                      device: torch.device | str | None = None, dtype: torch.dtype = torch.float32) -> Tensor:
+        """The times :meth:`sample` integrates over; ``grid[0]`` is where its input lives.
+
+        ``strength`` in (0, 1] (SDEdit / img2img: the input is data noised to ``grid[0]``) keeps the end of
+        the schedule. Fixed-step solvers run the last ``floor(n * strength)`` of their ``n`` solver steps,
+        from step ``k = n - floor(n * strength)`` of the full grid (diffusers' img2img rule, ``timesteps[k:]``;
+        ``1e-9`` is added before the floor so that ``0.29 * 100`` gives 29); adaptive solvers integrate from
+        ``t1 - strength * (t1 - t0)`` (``1 - strength`` on the velocity interval [0, 1]) with ``n`` output
+        steps. ``strength=1`` is the full grid, bit for bit."""
+        n = self.check_num_inference_steps(num_inference_steps)
+        strength = check_float("strength", strength, minimum=0.0, maximum=1.0, min_inclusive=False)
+        grid = self._time_grid(n, device, dtype)
+        if strength == 1.0:
+            return grid
+        if self.config.reverse:
+            raise InputError(f"strength={strength} is for sampling from a noised image (noise -> data); the reverse "
+                             "ODE (data -> noise) always runs the whole interval: use strength=1")
+        if self.is_adaptive:
+            t0, t1 = self._interval
+            return torch.linspace(t1 - strength * (t1 - t0), t1, n + 1, dtype=dtype, device=device)
+        run = math.floor(n * strength + 1e-9)
+        if run < 1:
+            raise InputError(f"strength={strength} with num_inference_steps={n} leaves no solver step to run "
+                             "(floor(n * strength) = 0); raise strength or num_inference_steps")
+        return grid[n - run:]
+
     def _time_grid(self, n: int, device: torch.device | str | None, dtype: torch.dtype) -> Tensor:
         """Solver grid: ODE ``linspace(t0, t1, n + 1)`` (reversed for ``reverse``); SDE
         ``linspace(t0, t1, n)`` with a last step (it makes step ``n``), else ``linspace(t0, t1, n + 1)``."""
@@ -476,13 +510,14 @@ class SiTSampler(SchedulerMixin, ConfigMixin):
         return self._pending[0]
 
     def add_noise(self, original_samples: Tensor, noise: Tensor, timesteps: Tensor | float) -> Tensor:
-        """The interpolant ``x_t = alpha_t x1 + sigma_t x0`` (``timesteps`` in SiT time, ``(N,)`` or scalar)."""
+        """The interpolant ``x_t = alpha_t x1 + sigma_t x0`` (``timesteps`` in SiT time: ``(N,)``, or one time for
+        the whole batch as a scalar or ``(1,)``, as diffusers passes ``timesteps[:1]``)."""
         _check_pair("original_samples", original_samples, "noise", noise)
         t = torch.as_tensor(timesteps, device=original_samples.device)
-        if t.ndim == 0:
-            t = t.expand(original_samples.shape[0])
+        if t.ndim == 0 or t.shape == (1,):
+            t = t.reshape(()).expand(original_samples.shape[0])
         if t.shape != (original_samples.shape[0],):
-            raise InputError(f"timesteps has shape {tuple(t.shape)}; expected a scalar or "
+            raise InputError(f"timesteps has shape {tuple(t.shape)}; expected a scalar, (1,) or "
                              f"({original_samples.shape[0]},), one SiT time per sample")
         if not bool(((t >= 0) & (t <= 1)).all()):  # also refuses NaN
             raise InputError(f"timesteps must be SiT times in [0, 1] (0 noise, 1 data), got {t.tolist()[:8]}; "
@@ -607,6 +642,7 @@ class SiTSampler(SchedulerMixin, ConfigMixin):
         generator: Generator = None,
         return_trajectory: bool = False,
         callback: Callable[[int, Tensor, Tensor], Tensor | None] | None = None,
+        strength: float = 1.0,
     ) -> SiTSamplerOutput:
         """Integrate from ``noise`` (``(N, C, H, W)`` at ``t0``; data at ``t = 1`` when ``reverse``).
 
@@ -615,6 +651,8 @@ class SiTSampler(SchedulerMixin, ConfigMixin):
         at time ``t``; with a fixed-step solver it may return a tensor that replaces ``x`` (the integration
         continues from it). Adaptive solvers call it at each output grid point after the whole solve, so
         they refuse a replacement. Brownian increments come from :meth:`brownian_noise` with ``generator``.
+        ``strength < 1`` (SDEdit) integrates over the end of the schedule only (:meth:`sampling_grid`):
+        ``noise`` is then the state at ``sampling_grid(num_inference_steps, strength)[0]``.
         """
         x = noise.to(self._state_dtype(noise))
         nfe = 0
@@ -624,7 +662,7 @@ class SiTSampler(SchedulerMixin, ConfigMixin):
             nfe += 1
             return model_fn(xx, t).to(xx.dtype)
 
-        grid = self._time_grid(num_inference_steps, x.device, x.dtype)
+        grid = self.sampling_grid(num_inference_steps, strength, x.device, x.dtype)
         if self._mode == "ode":
             def drift(xx: Tensor, t: Tensor) -> Tensor:
                 return self.ode_drift(model(xx, t), xx, t)
