@@ -287,3 +287,40 @@ def test_bad_inversions_are_refused_before_any_work(pipe: SiTPipeline, sampler: 
     with pytest.raises(InputError, match=message):
         pipe.invert(**{"image": images(), "class_labels": LABELS, "num_inference_steps": 2, **kwargs})
     assert calls == []
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the benchmark's command line: bad flags end with one line naming them, exit 2, nothing written
+# ----------------------------------------------------------------------------------------------------------
+
+BAD_FLAGS = [
+    (["--num-inversions", "5"], "--num-inversions must be >= 10, got 5"),
+    (["--num-edits", "2000"], "--num-edits must be <= 1000, got 2000"),
+    (["--guidance-scale", "inf"], "--guidance-scale must be finite, got inf"),
+    (["--edit-guidance", "1.5", "-2"], "--edit-guidance must be >= 0.0, got -2.0"),
+    (["--seed", "x"], "argument --seed: invalid int value: 'x'"),
+    (["--threads", "0"], "--threads must be >= 1, got 0"),
+    (["--device", "cuda:7"], "--device 'cuda:7'"),
+    (["--figure", "{tmp}/fig.jpg"], "--figure '{tmp}/fig.jpg' must end in .png"),
+    (["--figure", "{tmp}/file.txt/fig.png"], "exists and is not a folder"),
+    (["--json", "{tmp}/rows.csv"], "must end in .json"),
+    (["--strength", "0.5"], "unrecognized arguments: --strength"),
+]
+
+
+@pytest.mark.parametrize(("argv", "message"), BAD_FLAGS, ids=[" ".join(a) for a, _ in BAD_FLAGS])
+def test_benchmark_refuses_bad_flags_before_any_work(tmp_path, capsys, argv, message) -> None:
+    import sys
+
+    from conftest import REPO_ROOT
+
+    sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
+    import bench_editing
+
+    (tmp_path / "file.txt").write_text("x")
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    status = bench_editing.main([a.format(tmp=tmp_path) for a in argv])
+    err = capsys.readouterr().err
+    assert status == 2 and err.count("\n") == 1 and message.format(tmp=tmp_path) in err, err
+    assert err.startswith("benchmarks/bench_editing.py: error: ")
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before

@@ -317,3 +317,43 @@ def test_plan_follows_diffusers_img2img_begin_index() -> None:
         assert plan.begin_index == (10 - 3) * order and plan.nfe == len(scheduler.timesteps) - plan.begin_index
     assert set(FLOW_SCHEDULERS) == {"FlowMatchEulerDiscreteScheduler", "FlowMatchHeunDiscreteScheduler",
                                     "UniPCMultistepScheduler", "DPMSolverMultistepScheduler"}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the benchmark's command line: bad flags end with one line naming them, exit 2, nothing written
+# ----------------------------------------------------------------------------------------------------------
+
+BAD_FLAGS = [
+    (["--nfe", "3"], "--nfe 3 is odd"),
+    (["--nfe", "0"], "--nfe must be >= 2, got 0"),
+    (["--nfe", "ten"], "argument --nfe: invalid int value: 'ten'"),
+    (["--num-samples", "5"], "--num-samples must be >= 10, got 5"),
+    (["--num-samples", "5000"], "--num-samples must be <= 4000, got 5000"),
+    (["--guidance-scale", "nan"], "--guidance-scale must be finite, got nan"),
+    (["--guidance-scale", "-1"], "--guidance-scale must be >= 0.0, got -1.0"),
+    (["--seed", "-1"], "--seed must be >= 0, got -1"),
+    (["--batch-size", "0"], "--batch-size must be >= 1, got 0"),
+    (["--threads", "0"], "--threads must be >= 1, got 0"),
+    (["--device", "tpu9"], "--device 'tpu9'"),
+    (["--json", "{tmp}"], "is a folder"),
+    (["--json", "{tmp}/file.txt/rows.json"], "exists and is not a folder"),
+    (["--nfee", "4"], "unrecognized arguments: --nfee"),
+]
+
+
+@pytest.mark.parametrize(("argv", "message"), BAD_FLAGS, ids=[" ".join(a) for a, _ in BAD_FLAGS])
+def test_benchmark_refuses_bad_flags_before_any_work(tmp_path, capsys, argv, message) -> None:
+    import sys
+
+    from conftest import REPO_ROOT
+
+    sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
+    import bench_flow_schedulers
+
+    (tmp_path / "file.txt").write_text("x")
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    status = bench_flow_schedulers.main([a.format(tmp=tmp_path) for a in argv])
+    err = capsys.readouterr().err
+    assert status == 2 and err.count("\n") == 1 and message in err, err
+    assert err.startswith("benchmarks/bench_flow_schedulers.py: error: ")
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before

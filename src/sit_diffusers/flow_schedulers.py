@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import inspect
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -248,10 +248,8 @@ def num_flow_steps(scheduler: Any, plan: FlowPlan) -> int:
     return plan.nfe
 
 
-def describe(scheduler: Any, extra: Mapping[str, Any] | None = None) -> str:
-    """``"UniPCMultistepScheduler (flow_shift 3.0)"``: the class and its shift, for messages."""
+def describe(scheduler: Any) -> str:
+    """``"UniPCMultistepScheduler (shift 3.0)"``: the class and its shift, for messages."""
     cfg = scheduler.config
     shift = cfg.get("shift", cfg.get("flow_shift"))
-    parts = [f"shift {shift}"] if shift is not None else []
-    parts += [f"{k} {v}" for k, v in (extra or {}).items()]
-    return f"{type(scheduler).__name__}" + (f" ({', '.join(parts)})" if parts else "")
+    return type(scheduler).__name__ + (f" (shift {shift})" if shift is not None else "")
