@@ -64,3 +64,15 @@ def tiny_sit(std: float, **config):
         for p in model.parameters():
             p.normal_(0.0, std)
     return model.eval()
+
+
+def assert_refused(main, argv: list[str], folder: Path, capsys, prog: str) -> str:
+    """Run the CLI ``main(argv)`` in-process; it must refuse: status 2, exactly one line ``prog: error: ...``
+    on stderr, and no file added or removed under ``folder``. Returns that line."""
+    before = sorted(p.name for p in folder.rglob("*"))
+    status = main(argv)
+    err = capsys.readouterr().err
+    assert status == 2 and err.count("\n") == 1, err
+    assert err.startswith(f"{prog}: error: "), err
+    assert sorted(p.name for p in folder.rglob("*")) == before
+    return err

@@ -345,15 +345,12 @@ BAD_FLAGS = [
 def test_benchmark_refuses_bad_flags_before_any_work(tmp_path, capsys, argv, message) -> None:
     import sys
 
-    from conftest import REPO_ROOT
+    from conftest import REPO_ROOT, assert_refused
 
     sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
     import bench_flow_schedulers
 
     (tmp_path / "file.txt").write_text("x")
-    before = sorted(p.name for p in tmp_path.rglob("*"))
-    status = bench_flow_schedulers.main([a.format(tmp=tmp_path) for a in argv])
-    err = capsys.readouterr().err
-    assert status == 2 and err.count("\n") == 1 and message in err, err
-    assert err.startswith("benchmarks/bench_flow_schedulers.py: error: ")
-    assert sorted(p.name for p in tmp_path.rglob("*")) == before
+    err = assert_refused(bench_flow_schedulers.main, [a.format(tmp=tmp_path) for a in argv], tmp_path, capsys,
+                         "benchmarks/bench_flow_schedulers.py")
+    assert message in err, err
