@@ -76,3 +76,23 @@ def assert_refused(main, argv: list[str], folder: Path, capsys, prog: str) -> st
     assert err.startswith(f"{prog}: error: "), err
     assert sorted(p.name for p in folder.rglob("*")) == before
     return err
+
+
+def fake_spaces_module(calls: list[int]):
+    """A stand-in for Hugging Face's ``spaces`` package (ZeroGPU): ``spaces.GPU(duration=...)`` wraps a
+    function and appends ``duration`` to ``calls`` each time a GPU would be attached."""
+    import types
+
+    def gpu(duration=60):
+        def wrap(fn):
+            def wrapped(*args, **kwargs):
+                calls.append(duration)
+                return fn(*args, **kwargs)
+
+            return wrapped
+
+        return wrap
+
+    module = types.ModuleType("spaces")
+    module.GPU = gpu
+    return module

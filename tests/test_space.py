@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import fake_spaces_module
 from PIL import Image
 
 gr = pytest.importorskip("gradio", reason="the Space needs gradio (pip install -e '.[dev]')")
@@ -427,21 +428,8 @@ def test_embedded_model_draws_the_digits_asked_for(app, monkeypatch):
 
 def test_zero_gpu_wraps_generate_with_spaces_gpu(tiny_pipe):
     """With the ``spaces`` package importable the generate endpoint runs through ``@spaces.GPU``."""
-    calls = []
-
-    def gpu(duration=60):
-        def wrap(fn):
-            def wrapped(*args, **kwargs):
-                calls.append(duration)
-                return fn(*args, **kwargs)
-
-            return wrapped
-
-        return wrap
-
-    fake = types.ModuleType("spaces")
-    fake.GPU = gpu
-    zero_app = load_app(fake_spaces=fake)
+    calls: list[int] = []
+    zero_app = load_app(fake_spaces=fake_spaces_module(calls))
     assert zero_app.pick_device() == "cuda" or os.environ.get("SIT_DEVICE")
     demo = zero_app.build_demo(zero_app.SiTDemo(tiny_pipe, "tiny", "cpu"))
     fn = next(f.fn for f in demo.fns.values() if f.api_name == "generate")

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import fake_spaces_module
 from PIL import Image
 
 gr = pytest.importorskip("gradio", reason="the Space needs gradio (pip install -e '.[dev]')")
@@ -35,19 +36,7 @@ _LOADS = itertools.count()
 
 
 def _fake_spaces() -> types.ModuleType:
-    def gpu(duration=60):
-        def wrap(fn):
-            def wrapped(*args, **kwargs):
-                GPU_CALLS.append(duration)
-                return fn(*args, **kwargs)
-
-            return wrapped
-
-        return wrap
-
-    module = types.ModuleType("spaces")
-    module.GPU = gpu
-    return module
+    return fake_spaces_module(GPU_CALLS)
 
 
 def load_app(env: dict[str, str] | None = None, fake_spaces: bool = True) -> types.ModuleType:
