@@ -96,3 +96,20 @@ def fake_spaces_module(calls: list[int]):
     module = types.ModuleType("spaces")
     module.GPU = gpu
     return module
+
+
+#: A valid request to the Space's ``/generate`` endpoint, in its positional order (the Space tests' base).
+SPACE_GENERATE_ARGS = {
+    "classes": ["3"],
+    "num_images": 1,
+    "mode": "ODE",
+    "solver": "heun",
+    "steps": 6,
+    "guidance_scale": 1.0,
+    "interval_start": 0.0,
+    "interval_end": 1.0,
+    "diffusion_form": "sigma",
+    "diffusion_norm": 1.0,
+    "seed": 0,
+    "randomize_seed": False,
+}

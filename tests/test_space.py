@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import fake_spaces_module
+from conftest import SPACE_GENERATE_ARGS, fake_spaces_module
 from PIL import Image
 
 gr = pytest.importorskip("gradio", reason="the Space needs gradio (pip install -e '.[dev]')")
@@ -51,20 +51,7 @@ MAX_STEPS, MAX_IMAGES, QUEUE_SIZE = 40, 4, 4
 DIGITS = {i: str(i) for i in range(10)}
 
 # Positional order of the /generate endpoint.
-DEFAULT_ARGS = {
-    "classes": ["3"],
-    "num_images": 1,
-    "mode": "ODE",
-    "solver": "heun",
-    "steps": 6,
-    "guidance_scale": 1.0,
-    "interval_start": 0.0,
-    "interval_end": 1.0,
-    "diffusion_form": "sigma",
-    "diffusion_norm": 1.0,
-    "seed": 0,
-    "randomize_seed": False,
-}
+DEFAULT_ARGS = SPACE_GENERATE_ARGS
 
 
 def generate_args(**overrides) -> list:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import fake_spaces_module
+from conftest import SPACE_GENERATE_ARGS, fake_spaces_module
 from PIL import Image
 
 gr = pytest.importorskip("gradio", reason="the Space needs gradio (pip install -e '.[dev]')")
@@ -94,20 +94,7 @@ class CountingPipe:
         return types.SimpleNamespace(images=images, nfe=2 * kwargs["num_inference_steps"])
 
 
-GOOD = {
-    "classes": ["3"],
-    "num_images": 1,
-    "mode": "ODE",
-    "solver": "heun",
-    "steps": 6,
-    "guidance_scale": 1.0,
-    "interval_start": 0.0,
-    "interval_end": 1.0,
-    "diffusion_form": "sigma",
-    "diffusion_norm": 1.0,
-    "seed": 0,
-    "randomize_seed": False,
-}
+GOOD = SPACE_GENERATE_ARGS
 
 
 def call(demo, **overrides):
