@@ -163,7 +163,7 @@ class SiTPipeline(DiffusionPipeline, SiTLoraLoaderMixin):
         """Set the class names (kept in the pipeline config, so they survive ``save_pretrained``)."""
         table = normalize_id2label(id2label)
         if table is not None and any(not 0 <= k < self.num_classes for k in table):
-            raise ValueError(f"id2label has ids outside 0..{self.num_classes - 1}")
+            raise InputError(f"id2label has ids outside 0..{self.num_classes - 1}: {sorted(table)[:8]}")
         self.register_to_config(id2label=None if table is None else {str(k): v for k, v in table.items()})
         self._labels = LabelResolver(self.num_classes, table)
 
@@ -204,15 +204,12 @@ class SiTPipeline(DiffusionPipeline, SiTLoraLoaderMixin):
             self.register_to_config(
                 default_num_inference_steps=SAMPLER_PRESETS[sampler]["num_inference_steps"]
             )
-        elif isinstance(sampler, SiTSampler):
+        elif isinstance(sampler, SiTSampler) or is_flow_scheduler(sampler):
             if overrides:
                 sampler = type(sampler).from_config(sampler.config, **overrides)
-            self.scheduler = sampler
-        elif is_flow_scheduler(sampler):
-            if overrides:
-                sampler = type(sampler).from_config(sampler.config, **overrides)
-            trained = self.model_sampler_config
-            check_flow_scheduler(sampler, trained["path_type"], trained["prediction"])
+            if not isinstance(sampler, SiTSampler):
+                trained = self.model_sampler_config
+                check_flow_scheduler(sampler, trained["path_type"], trained["prediction"])
             self.scheduler = sampler
         else:
             raise InputError(
