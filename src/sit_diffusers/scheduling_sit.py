@@ -34,7 +34,6 @@ evaluations (official: 500).
 from __future__ import annotations
 
 import inspect
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -43,71 +42,24 @@ import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.schedulers.scheduling_utils import SchedulerMixin, SchedulerOutput
 from diffusers.utils import BaseOutput
-from diffusers.utils.torch_utils import randn_tensor
 from torch import Tensor
 
-from .interpolants import (
-    Interpolant,
-    default_eps,
-    expand_t_like_x,
-    get_interpolant,
-    resolve_diffusion_form,
-    resolve_path_type,
-    resolve_prediction,
-    sampling_interval,
+from .interpolants import Interpolant
+from .sampling import (
+    DEFAULT_CONFIG,
+    LAST_STEPS,
+    MODES,
+    SAMPLER_PRESETS,
+    SBDM_DEFAULT_EPS,
+    Generator,
+    ModelFn,
+    SamplerCore,
+    randn,
 )
-from .solvers import (
-    ODE_ADAPTIVE_SOLVERS,
-    ODE_FIXED_SOLVERS,
-    SDE_SOLVERS,
-    integrate_adaptive,
-    integrate_fixed,
-)
-from .validation import InputError, check_choice, check_float, check_int
+from .solvers import ODE_FIXED_SOLVERS, ODE_MULTISTEP_SOLVERS, History
+from .validation import InputError, check_choice, check_int
 
-ModelFn = Callable[[Tensor, Tensor], Tensor]
-Generator = torch.Generator | list[torch.Generator] | None
-
-MODES: tuple[str, ...] = ("ode", "sde")
-LAST_STEPS: tuple[str, ...] = ("mean", "tweedie", "euler")
-_SOLVER_ALIASES = {"heun2": "heun"}
-# sample_eps used where the official default (0) is singular and sample_eps is left to default
-SBDM_DEFAULT_EPS = 1e-3
-
-SAMPLER_PRESETS: dict[str, dict[str, Any]] = {
-    # official sample.py ODE defaults (train_utils.parse_ode_args): dopri5, atol 1e-6, rtol 1e-3;
-    # sample_ode's num_steps=50 output points (the adaptive solver picks its own steps)
-    "ode-dopri5": {"config": {"mode": "ode", "solver": "dopri5", "atol": 1e-6, "rtol": 1e-3}, "num_inference_steps": 50},
-    "ode-euler": {"config": {"mode": "ode", "solver": "euler"}, "num_inference_steps": 250},
-    "ode-heun": {"config": {"mode": "ode", "solver": "heun"}, "num_inference_steps": 125},
-    # official sample.py SDE defaults (train_utils.parse_sde_args): Euler-Maruyama, w_t = sigma_t,
-    # norm 1, "Mean" last step of size 0.04, --num-sampling-steps 250
-    "sde-euler": {
-        "config": {
-            "mode": "sde", "solver": "euler", "diffusion_form": "sigma", "diffusion_norm": 1.0,
-            "last_step": "mean", "last_step_size": 0.04,
-        },
-        "num_inference_steps": 250,
-    },
-    "sde-heun": {
-        "config": {
-            "mode": "sde", "solver": "heun", "diffusion_form": "sigma", "diffusion_norm": 1.0,
-            "last_step": "mean", "last_step_size": 0.04,
-        },
-        "num_inference_steps": 250,
-    },
-    # SiT-XL/2's FID-50K 2.06 on ImageNet 256 (Ma et al. 2024, arXiv 2401.08740, abstract: "By exploring
-    # various diffusion coefficients, which can be tuned separately from learning, SiT achieves an FID-50K
-    # score of 2.06"): the reverse SDE with w_t = sigma_t, 250 Euler-Maruyama steps and the 0.04 "Mean"
-    # last step (the official sample.py / sample_ddp.py SDE defaults), guidance 1.5 (a pipeline argument).
-    "paper-fid": {
-        "config": {
-            "path_type": "linear", "prediction": "velocity", "mode": "sde", "solver": "euler",
-            "diffusion_form": "sigma", "diffusion_norm": 1.0, "last_step": "mean", "last_step_size": 0.04,
-        },
-        "num_inference_steps": 250,
-    },
-}
+__all__ = ["SiTSampler", "SiTSamplerOutput", "SAMPLER_PRESETS", "MODES", "LAST_STEPS", "SBDM_DEFAULT_EPS"]
 
 
 def _check_pair(name: str, value: Any, other_name: str, other: Any) -> None:
@@ -118,11 +70,6 @@ def _check_pair(name: str, value: Any, other_name: str, other: Any) -> None:
                              + (f" of dtype {v.dtype}" if isinstance(v, Tensor) else ""))
     if value.shape != other.shape:
         raise InputError(f"{other_name} has shape {tuple(other.shape)}, {name} {tuple(value.shape)}: they must match")
-
-
-def _replaced(new: Tensor | None, x: Tensor) -> Tensor:
-    """What a step callback returned in place of the state ``x`` (``None``: keep ``x``)."""
-    return x if new is None else new
 
 
 @dataclass
@@ -165,6 +112,18 @@ class SiTSampler(SchedulerMixin, ConfigMixin):
         atol, rtol: tolerances of adaptive ODE solvers.
         reverse: ODE only: integrate from data (t = 1) to noise (t = 0), for inversion.
         vp_sigma_min, vp_sigma_max: the VP path's beta range.
+        time_grid: the solver's time grid (:mod:`sit_diffusers.time_grids`): ``"uniform"`` (official),
+            ``"shifted"`` (diffusers' flow shift ``time_shift``), ``"edm"`` (Karras' polynomial, ``time_rho``)
+            or ``"fitted"`` (``fitted_grid``).
+        time_shift: shift of the ``"shifted"`` grid (> 0; > 1 puts more steps near the noise).
+        time_rho: exponent of the ``"edm"`` grid (> 0; EDM uses 7).
+        fitted_grid: the times of a grid fitted to one model (``time_grids.fit_time_grid``): strictly
+            increasing from ``t0`` to ``t1``; ``num_inference_steps`` must then be its step count.
+
+    ODE solvers also include the multistep ``"ab2"``, ``"ab3"`` (Adams-Bashforth), ``"dpm++2m"``
+    (DPM-Solver++(2M)) and ``"unipc"`` (with the UniC corrector), one model call per step
+    (:mod:`sit_diffusers.solvers`); the SDE solver ``"dpm++2m"`` (SDE-DPM-Solver++(2M)) integrates the SBDM
+    diffusion with one call per step.
     """
 
     config_name = "scheduler_config.json"
@@ -190,72 +149,15 @@ class SiTSampler(SchedulerMixin, ConfigMixin):
         reverse: bool = False,
         vp_sigma_min: float = 0.1,
         vp_sigma_max: float = 20.0,
+        time_grid: str = "uniform",
+        time_shift: float = 1.0,
+        time_rho: float = 7.0,
+        fitted_grid: list[float] | None = None,
     ) -> None:
-        self._path = resolve_path_type(path_type)
-        self._prediction = resolve_prediction(prediction)
-        self._mode = check_choice("mode", mode, MODES, key=str.lower)
-        valid = list(ODE_FIXED_SOLVERS) + list(ODE_ADAPTIVE_SOLVERS) if self._mode == "ode" else list(SDE_SOLVERS)
-        self._solver = check_choice(
-            f"{self._mode.upper()} solver", solver, valid, key=lambda n: _SOLVER_ALIASES.get(n.lower(), n.lower())
-        )
-        self._form = resolve_diffusion_form(diffusion_form)
-        check_float("diffusion_norm", diffusion_norm, minimum=0.0)
-        ls = None if last_step is None or str(last_step).lower() == "none" else last_step
-        if ls is not None:
-            ls = check_choice("last_step", ls, LAST_STEPS, key=str.lower)
-        self._last_step = ls if self._mode == "sde" else None
-        if self._last_step is not None:  # the SDE stops at 1 - h, then one last step of size h
-            check_float("last_step_size", last_step_size, minimum=0.0, maximum=1.0, min_inclusive=False,
-                        max_inclusive=False)
-        else:
-            check_float("last_step_size", last_step_size, minimum=0.0, maximum=1.0, max_inclusive=False)
-        for eps_name, eps_value in (("sample_eps", sample_eps), ("train_eps", train_eps)):
-            if eps_value is not None:
-                check_float(eps_name, eps_value, minimum=0.0, maximum=0.5, max_inclusive=False)
-        check_float("atol", atol, minimum=0.0, min_inclusive=False)
-        check_float("rtol", rtol, minimum=0.0, min_inclusive=False)
-        if not isinstance(reverse, bool):
-            raise InputError(f"reverse must be True or False, got {reverse!r}")
-        check_float("vp_sigma_min", vp_sigma_min, minimum=0.0, min_inclusive=False)
-        if check_float("vp_sigma_max", vp_sigma_max) <= vp_sigma_min:
-            raise InputError(f"vp_sigma_max must be > vp_sigma_min ({vp_sigma_min}), got {vp_sigma_max}")
-        if reverse and self._mode == "sde":
-            raise InputError("reverse=True is for the ODE (data -> noise); the SDE runs noise -> data only")
-
-        self._interp: Interpolant = (
-            get_interpolant("vp", sigma_min=vp_sigma_min, sigma_max=vp_sigma_max)
-            if self._path == "vp"
-            else get_interpolant(self._path)
-        )
-        default_train, default_sample = default_eps(self._path, self._prediction)
-        eps = default_sample if sample_eps is None else float(sample_eps)
-        self._train_eps = default_train if train_eps is None else float(train_eps)
-        # Linear/GVP: the score of a velocity model is singular at t = 1 (sigma_1 = 0) and SBDM at t = 0;
-        # an SDE Heun step without a last step evaluates at the end, t1 = 1 - sample_eps
-        needs_eps = self._path != "vp" and (
-            self._prediction != "velocity"
-            or (self._mode == "sde" and self._form == "SBDM")
-            or (self._mode == "sde" and self._last_step is None and self._solver == "heun")
-        )
-        if needs_eps and eps <= 0:
-            if sample_eps is None:  # the official default 0 gives NaN here
-                eps = SBDM_DEFAULT_EPS
-            else:
-                raise InputError(
-                    f"sample_eps={sample_eps} is singular for {self._path}/{self._prediction} {self._mode} "
-                    f"{self._solver} (diffusion {self._form}, last step {self._last_step}): the score divides by "
-                    "zero at t = 0 or t = 1; use sample_eps > 0 (e.g. 1e-3)"
-                )
-        self._sample_eps = eps
-        lss = float(last_step_size) if self._last_step is not None else 0.0
-        self._interval = sampling_interval(
-            self._path, self._prediction, eps, sde=self._mode == "sde", diffusion_form=self._form, last_step_size=lss
-        )
-        if not self._interval[0] < self._interval[1]:
-            raise InputError(
-                f"sample_eps={eps} and last_step_size={lss} leave no interval to integrate: "
-                f"[t0, t1] = [{self._interval[0]}, {self._interval[1]}]"
-            )
+        # every value is validated (and every formula lives) in the torch-only core
+        self._core = SamplerCore({k: v for k, v in self.config.items() if k in DEFAULT_CONFIG})
+        if fitted_grid is not None:  # saved as a plain list of floats (the ends set to t0, t1 exactly)
+            self.register_to_config(fitted_grid=self._core.fitted_grid)
         self.init_noise_sigma = 1.0
         self.num_inference_steps: int | None = None
         self.timesteps = torch.empty(0)
@@ -266,6 +168,12 @@ class SiTSampler(SchedulerMixin, ConfigMixin):
         self._stages: Any = None  # the running stage generator of the current solver step
         self._pending: tuple[Tensor, Tensor] | None = None  # its next evaluation point (x_j, t_j)
         self._prepared: int | None = None  # step index whose noise scale_model_input added (stochastic Heun)
+        self._history: History | None = None  # earlier steps of the running solve (multistep solvers)
+
+    @property
+    def core(self) -> SamplerCore:
+        """The torch-only sampling math (:class:`sit_diffusers.sampling.SamplerCore`) this scheduler runs."""
+        return self._core
 
     # ------------------------------------------------------------------------------------------------
     # construction helpers
@@ -289,39 +197,36 @@ class SiTSampler(SchedulerMixin, ConfigMixin):
 
     def check_num_inference_steps(self, num_inference_steps: Any) -> int:
         """``num_inference_steps`` as an ``int`` this sampler can run (>= 1; >= 2 for an SDE with a last
-        step, whose last entry is the last step); raises ``InputError`` naming the value otherwise."""
-        n = check_int("num_inference_steps", num_inference_steps, minimum=1)
-        if n < 2 and self._mode == "sde" and self._last_step is not None:
-            raise InputError(
-                f"num_inference_steps must be >= 2 for an SDE with a last step (the last entry is the "
-                f"{self._last_step!r} step), got {n}"
-            )
-        return n
+        step, whose last entry is the last step; the fitted grid's step count for ``time_grid='fitted'``);
+        raises ``InputError`` naming the value otherwise."""
+        return self._core.check_num_inference_steps(num_inference_steps)
 
     @property
     def interpolant(self) -> Interpolant:
         """The path object (``alpha``, ``sigma``, conversions)."""
-        return self._interp
+        return self._core.interpolant
 
     @property
     def interval(self) -> tuple[float, float]:
         """``(t0, t1)``: the sampler integrates forward from ``t0`` (noise) to ``t1`` (then the last step)."""
-        return self._interval
+        return self._core.interval
 
     @property
     def is_adaptive(self) -> bool:
-        return self._solver in ODE_ADAPTIVE_SOLVERS
+        return self._core.is_adaptive
+
+    @property
+    def is_multistep(self) -> bool:
+        """The solver reuses the model outputs of earlier steps (``ab2``, ``ab3``, ``dpm++2m``, ``unipc``)."""
+        return self._core.is_multistep
 
     @property
     def order(self) -> int:  # type: ignore[override]
-        """Entries of ``timesteps`` (model calls) per solver step, diffusers' meaning: 1 for Euler and
-        Euler-Maruyama, 2 for Heun, midpoint and the stochastic Heun, 4 for RK4 (the SDE's last step is one
-        more entry); adaptive solvers: 1 (they have no fixed steps)."""
-        if self.is_adaptive:
-            return 1
-        if self._mode == "ode":
-            return ODE_FIXED_SOLVERS[self._solver].evals
-        return SDE_SOLVERS[self._solver].evals
+        """Entries of ``timesteps`` (model calls) per solver step, diffusers' meaning: 1 for Euler,
+        Euler-Maruyama and the multistep methods (``ab3`` adds one call to its first step), 2 for Heun,
+        midpoint and the stochastic Heun, 4 for RK4 (the SDE's last step is one more entry); adaptive
+        solvers: 1 (they have no fixed steps)."""
+        return self._core.order
 
     @property
     def step_index(self) -> int | None:
@@ -337,14 +242,15 @@ class SiTSampler(SchedulerMixin, ConfigMixin):
     def set_begin_index(self, begin_index: int = 0) -> None:
         """Start the step loop at ``timesteps[begin_index]`` (diffusers' img2img / SDEdit contract: noise the
         data to ``timesteps[begin_index]`` with :meth:`add_noise`, then step over ``timesteps[begin_index:]``).
-        It must be the first model call of a solver step."""
+        It must be the first model call of a solver step. A multistep solver starts there with no history
+        (its first steps from there use the lower orders, as :meth:`sample` with ``strength < 1``)."""
         begin_index = check_int("begin_index", begin_index, minimum=0)
         if self.num_inference_steps is not None:
             if begin_index >= len(self.timesteps):
                 raise InputError(f"begin_index {begin_index} is past the {len(self.timesteps)} timesteps")
             if self._plan[begin_index][1] != 0:
                 raise InputError(
-                    f"begin_index {begin_index} falls inside a {self._solver} step (stage "
+                    f"begin_index {begin_index} falls inside a {self._core.solver} step (stage "
                     f"{self._plan[begin_index][1]}); start at a step boundary, e.g. a multiple of {self.order}"
                 )
         self._begin_index = begin_index
@@ -373,90 +279,47 @@ class SiTSampler(SchedulerMixin, ConfigMixin):
         """The training objective matching this sampler's path, prediction and ``train_eps``."""
         from .losses import SiTObjective
 
+        core = self._core
         kwargs = {
-            "path_type": self._path, "prediction": self._prediction,
-            "train_eps": self._train_eps, "sample_eps": self._sample_eps,
+            "path_type": core.path, "prediction": core.prediction,
+            "train_eps": core.train_eps, "sample_eps": core.sample_eps,
         }
         return SiTObjective(**{**kwargs, **overrides})
 
     def num_model_evaluations(self, num_inference_steps: int, strength: float = 1.0) -> int | None:
         """Network calls of :meth:`sample` (``None`` for adaptive solvers, which choose their steps); with a
         ``strength`` below 1, of the shorter run of :meth:`sampling_grid`."""
-        n = self.check_num_inference_steps(num_inference_steps)
-        if self.is_adaptive:
-            return None
-        if strength != 1.0:
-            steps = self.sampling_grid(n, strength).shape[0] - 1
-            if self._mode == "ode":
-                return steps * ODE_FIXED_SOLVERS[self._solver].evals
-            return steps * SDE_SOLVERS[self._solver].evals + (self._last_step is not None)
-        if self._mode == "ode":
-            return n * ODE_FIXED_SOLVERS[self._solver].evals
-        evals = SDE_SOLVERS[self._solver].evals
-        if self._last_step is None:
-            return n * evals
-        return (n - 1) * evals + 1
+        return self._core.num_model_evaluations(num_inference_steps, strength)
 
     # ------------------------------------------------------------------------------------------------
     # grid
     # ------------------------------------------------------------------------------------------------
     def sampling_grid(self, num_inference_steps: int, strength: float = 1.0,
                       device: torch.device | str | None = None, dtype: torch.dtype = torch.float32) -> Tensor:
-        """The times :meth:`sample` integrates over; ``grid[0]`` is where its input lives.
-
-        ``strength`` in (0, 1] (SDEdit / img2img: the input is data noised to ``grid[0]``) keeps the end of
-        the schedule. Fixed-step solvers run the last ``floor(n * strength)`` of their ``n`` solver steps,
-        from step ``k = n - floor(n * strength)`` of the full grid (diffusers' img2img rule, ``timesteps[k:]``;
-        ``1e-9`` is added before the floor so that ``0.29 * 100`` gives 29); adaptive solvers integrate from
-        ``t1 - strength * (t1 - t0)`` (``1 - strength`` on the velocity interval [0, 1]) with ``n`` output
-        steps. ``strength=1`` is the full grid, bit for bit."""
-        n = self.check_num_inference_steps(num_inference_steps)
-        strength = check_float("strength", strength, minimum=0.0, maximum=1.0, min_inclusive=False)
-        grid = self._time_grid(n, device, dtype)
-        if strength == 1.0:
-            return grid
-        if self.config.reverse:
-            raise InputError(f"strength={strength} is for sampling from a noised image (noise -> data); the reverse "
-                             "ODE (data -> noise) always runs the whole interval: use strength=1")
-        if self.is_adaptive:
-            t0, t1 = self._interval
-            return torch.linspace(t1 - strength * (t1 - t0), t1, n + 1, dtype=dtype, device=device)
-        run = math.floor(n * strength + 1e-9)
-        if run < 1:
-            raise InputError(f"strength={strength} with num_inference_steps={n} leaves no solver step to run "
-                             "(floor(n * strength) = 0); raise strength or num_inference_steps")
-        return grid[n - run:]
-
-    def _time_grid(self, n: int, device: torch.device | str | None, dtype: torch.dtype) -> Tensor:
-        """Solver grid: ODE ``linspace(t0, t1, n + 1)`` (reversed for ``reverse``); SDE
-        ``linspace(t0, t1, n)`` with a last step (it makes step ``n``), else ``linspace(t0, t1, n + 1)``."""
-        n = self.check_num_inference_steps(n)
-        t0, t1 = self._interval
-        if self._mode == "sde" and self._last_step is not None:
-            points = n
-        else:
-            points = n + 1
-        if self.config.reverse:
-            t0, t1 = t1, t0
-        return torch.linspace(t0, t1, points, dtype=dtype, device=device)
+        """The times :meth:`sample` integrates over; ``grid[0]`` is where its input lives
+        (:meth:`SamplerCore.sampling_grid`: ``strength < 1`` keeps the end of the schedule)."""
+        return self._core.sampling_grid(num_inference_steps, strength, device, dtype)
 
     def set_timesteps(self, num_inference_steps: int, device: torch.device | str | None = None) -> None:
         """Prepare the step loop. ``timesteps`` are the SiT times of the model calls, in call order: every
         stage of every solver step (Heun: ``t_k`` then ``t_k + h``; RK4 four per step), then for an SDE with
-        a last step its time ``t1``. Fixed-step solvers only: an adaptive solver picks its step times from
-        local error estimates while it integrates, so there is no list of model-call times to hand out."""
-        if self.is_adaptive:
+        a last step its time ``t1``. A multistep solver starts a new history. Fixed-step and multistep
+        solvers only: an adaptive solver picks its step times from local error estimates while it
+        integrates, so there is no list of model-call times to hand out."""
+        core = self._core
+        if core.is_adaptive:
             raise NotImplementedError(
-                f"{self._solver} is adaptive: it chooses its step times from error estimates during the solve, "
+                f"{core.solver} is adaptive: it chooses its step times from error estimates during the solve, "
                 "so there are no fixed timesteps for a step() loop; use sample(), or a fixed-step solver "
-                f"({', '.join(ODE_FIXED_SOLVERS)})"
+                f"({', '.join(list(ODE_FIXED_SOLVERS) + list(ODE_MULTISTEP_SOLVERS))})"
             )
-        self.num_inference_steps = self.check_num_inference_steps(num_inference_steps)
-        grid = self._time_grid(self.num_inference_steps, device, torch.float32)
+        self.num_inference_steps = core.check_num_inference_steps(num_inference_steps)
+        grid = core.time_grid_for(self.num_inference_steps, device, torch.float32)
         dummy = torch.zeros(1, dtype=grid.dtype, device=grid.device)
         times, plan = [], []
+        history = History.new()
         for k in range(grid.shape[0] - 1):  # the stage times do not depend on x: run each step on zeros
-            stages = self._solver_stages(k, dummy, grid, noise=dummy)
+            stages = core.solver_stages(k, dummy, grid, noise=dummy, history=history)
             j, t_j = 0, next(stages)[1]
             while True:
                 times.append(t_j.reshape(()))
@@ -466,7 +329,7 @@ class SiTSampler(SchedulerMixin, ConfigMixin):
                 except StopIteration:
                     break
                 j += 1
-        if self._mode == "sde" and self._last_step is not None:
+        if core.mode == "sde" and core.last_step is not None:
             times.append(grid[-1])
             plan.append((grid.shape[0] - 1, 0))
         self._grid = grid
@@ -477,18 +340,7 @@ class SiTSampler(SchedulerMixin, ConfigMixin):
         self._stages = None
         self._pending = None
         self._prepared = None
-
-    def _solver_stages(self, k: int, x: Tensor, grid: Tensor, noise: Tensor | None = None,
-                       generator: Generator = None) -> Any:
-        """The stage generator of solver step ``k`` (``grid[k] -> grid[k + 1]``) from ``x``; an SDE step draws
-        its Brownian increment here (once per step, as :meth:`sample`) unless ``noise`` is given."""
-        if self._mode == "ode":
-            return ODE_FIXED_SOLVERS[self._solver].stages(x, grid[k], grid[k + 1])
-        if noise is None:
-            noise = self.brownian_noise(tuple(x.shape), generator, x.device, x.dtype)
-        return SDE_SOLVERS[self._solver].stages(
-            lambda tv: self._diffusion(tv, x), x, grid[k], grid[k + 1] - grid[k], noise
-        )
+        self._history = History.new()
 
     def scale_model_input(
         self, sample: Tensor, timestep: Tensor | float | None = None, generator: Generator = None
@@ -496,15 +348,17 @@ class SiTSampler(SchedulerMixin, ConfigMixin):
         """The network's input for the next :meth:`step`: ``sample`` itself (SiT feeds the state unscaled),
         except at the start of a stochastic Heun step, which adds its Brownian increment (drawn from
         ``generator``) before the first evaluation: ``x^ = x + sqrt(2 D_t dt) z``."""
-        if self._mode != "sde" or self._solver != "heun" or self.num_inference_steps is None or timestep is None:
+        core = self._core
+        if core.mode != "sde" or core.solver != "heun" or self.num_inference_steps is None or timestep is None:
             return sample
         if self._step_index is None:
             self._init_step_index(timestep)
         k, j = self._plan[self._step_index] if self._step_index < len(self._plan) else (-1, -1)
         if j != 0 or k >= self._grid.shape[0] - 1:  # a later stage, or the last step
             return sample
-        x = sample.to(self._state_dtype(sample))
-        self._stages = self._solver_stages(k, x, self._grid.to(device=x.device, dtype=x.dtype), generator=generator)
+        x = sample.to(core.state_dtype(sample))
+        self._stages = core.solver_stages(k, x, self._grid.to(device=x.device, dtype=x.dtype), generator=generator,
+                                          noise_fn=self.brownian_noise)
         self._pending = next(self._stages)
         self._prepared = self._step_index
         return self._pending[0]
@@ -522,52 +376,29 @@ class SiTSampler(SchedulerMixin, ConfigMixin):
         if not bool(((t >= 0) & (t <= 1)).all()):  # also refuses NaN
             raise InputError(f"timesteps must be SiT times in [0, 1] (0 noise, 1 data), got {t.tolist()[:8]}; "
                              "convert other conventions with sit_diffusers.interpolants.to_sit_time")
-        return self._interp.compute_xt(noise, original_samples, t.to(original_samples.dtype))
+        return self._core.interpolant.compute_xt(noise, original_samples, t.to(original_samples.dtype))
 
     def brownian_noise(
         self, shape: tuple[int, ...], generator: Generator, device: torch.device | str, dtype: torch.dtype
     ) -> Tensor:
-        """Standard normal draw of one Brownian increment (every SDE step calls this once, in order).
+        """Standard normal draw of one Brownian increment (every SDE step calls this once, in order;
+        :func:`sit_diffusers.sampling.randn`, bit-identical to diffusers' ``randn_tensor``).
 
         A list of generators draws element ``i`` from ``generator[i]``, so a sample does not depend on the
         batch it is in. Override it to replay recorded noise.
         """
-        return randn_tensor(shape, generator=generator, device=torch.device(device), dtype=dtype)
+        return randn(shape, generator=generator, device=torch.device(device), dtype=dtype)
 
     # ------------------------------------------------------------------------------------------------
-    # drift assembly: one network output -> ODE / SDE drift
+    # drift assembly: one network output -> ODE / SDE drift (the formulas live in SamplerCore)
     # ------------------------------------------------------------------------------------------------
-    def _vs(self, out: Tensor, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
-        return self._interp.velocity_and_score(out.to(x.dtype), self._prediction, x, t)
-
-    def _diffusion(self, t: Tensor, x: Tensor) -> Tensor:
-        return self._interp.diffusion(expand_t_like_x(t, x), self._form, self.config.diffusion_norm)
-
     def ode_drift(self, out: Tensor, x: Tensor, t: Tensor) -> Tensor:
         """Probability-flow velocity from a network output ``out`` at ``(x, t)``."""
-        if self._prediction == "velocity":
-            return out.to(x.dtype)
-        return self._vs(out, x, t)[0]
+        return self._core.ode_drift(out, x, t)
 
     def sde_drift(self, out: Tensor, x: Tensor, t: Tensor) -> Tensor:
         """Reverse-SDE drift ``v + D_t s`` from ONE network output."""
-        v, s = self._vs(out, x, t)
-        return v + self._diffusion(t, x) * s
-
-    def _last(self, out: Tensor, x: Tensor, t: Tensor) -> Tensor:
-        h = self.config.last_step_size
-        if self._last_step == "mean":
-            return x + self.sde_drift(out, x, t) * h
-        if self._last_step == "euler":
-            return x + self.ode_drift(out, x, t) * h
-        tt = expand_t_like_x(t, x)  # tweedie: E[x1 | x_t] = (x + sigma^2 s) / alpha
-        a, _ = self._interp.alpha(tt)
-        sig, _ = self._interp.sigma(tt)
-        return x / a + sig**2 / a * self._vs(out, x, t)[1]
-
-    @staticmethod
-    def _state_dtype(x: Tensor) -> torch.dtype:
-        return torch.promote_types(x.dtype, torch.float32)
+        return self._core.sde_drift(out, x, t)
 
     # ------------------------------------------------------------------------------------------------
     # diffusers step API
@@ -586,7 +417,8 @@ class SiTSampler(SchedulerMixin, ConfigMixin):
 
         ``prev_sample`` is the next model input: the state after the step, or inside a multi-stage step
         (Heun, midpoint, RK4) the next stage's evaluation point. The arithmetic is that of :meth:`sample`
-        (the same stage generators of :mod:`solvers`), so the loop and ``sample`` agree to the last bit.
+        (the same stage generators of :mod:`solvers`; multistep solvers keep their history in this
+        scheduler, reset by :meth:`set_timesteps`), so the loop and ``sample`` agree to the last bit.
         The state is computed in at least float32 and returned in that dtype."""
         _check_pair("sample", sample, "model_output", model_output)
         if self.num_inference_steps is None:
@@ -596,35 +428,39 @@ class SiTSampler(SchedulerMixin, ConfigMixin):
         i = self._step_index
         if i >= len(self.timesteps):
             raise RuntimeError("step() called more times than there are timesteps")
+        core = self._core
         k, j = self._plan[i]
-        x = sample.to(self._state_dtype(sample))
+        x = sample.to(core.state_dtype(sample))
         out = model_output.to(x.dtype)
         grid = self._grid.to(device=x.device, dtype=x.dtype)
         if k == grid.shape[0] - 1:  # the SDE's last step at t1
-            prev = self._last(out, x, grid[-1].expand(x.shape[0]))
+            prev = core.last(out, x, grid[-1].expand(x.shape[0]))
         else:
-            noise_first = self._mode == "sde" and self._solver == "heun"
+            noise_first = core.mode == "sde" and core.solver == "heun"
             if j == 0 and noise_first and self._prepared != i:
                 raise RuntimeError(
                     "the stochastic Heun step adds its noise before it evaluates the model: call "
                     "x_in = sampler.scale_model_input(sample, t, generator) and evaluate the model at x_in"
                 )
             if j == 0 and not noise_first:
-                self._stages = self._solver_stages(k, x, grid, generator=generator)
+                if self._history is None:
+                    self._history = History.new()
+                self._stages = core.solver_stages(k, x, grid, generator=generator, history=self._history,
+                                                  noise_fn=self.brownian_noise)
                 self._pending = next(self._stages)
             if self._stages is None or self._pending is None:
                 raise RuntimeError(
-                    f"step() at stage {j} of a {self._solver} step whose earlier stages were not stepped; begin "
+                    f"step() at stage {j} of a {core.solver} step whose earlier stages were not stepped; begin "
                     "the loop at a step boundary (set_begin_index)"
                 )
             x_j, t_j = self._pending
             tv = torch.ones(x_j.shape[0], dtype=x_j.dtype, device=x_j.device) * t_j  # (N,)
-            f = self.ode_drift(out, x_j, tv) if self._mode == "ode" else self.sde_drift(out, x_j, tv)
+            f = core.drift(out, x_j, tv)
             try:
                 self._pending = self._stages.send(f)
                 prev = self._pending[0]
             except StopIteration as done:
-                prev = done.value if self._mode == "ode" else done.value[0]
+                prev = done.value if core.mode == "ode" else done.value[0]
                 self._stages, self._pending = None, None
         self._step_index += 1
         if not return_dict:
@@ -653,58 +489,9 @@ class SiTSampler(SchedulerMixin, ConfigMixin):
         they refuse a replacement. Brownian increments come from :meth:`brownian_noise` with ``generator``.
         ``strength < 1`` (SDEdit) integrates over the end of the schedule only (:meth:`sampling_grid`):
         ``noise`` is then the state at ``sampling_grid(num_inference_steps, strength)[0]``.
+        The math is :meth:`SamplerCore.sample`.
         """
-        x = noise.to(self._state_dtype(noise))
-        nfe = 0
-
-        def model(xx: Tensor, t: Tensor) -> Tensor:
-            nonlocal nfe
-            nfe += 1
-            return model_fn(xx, t).to(xx.dtype)
-
-        grid = self.sampling_grid(num_inference_steps, strength, x.device, x.dtype)
-        if self._mode == "ode":
-            def drift(xx: Tensor, t: Tensor) -> Tensor:
-                return self.ode_drift(model(xx, t), xx, t)
-
-            if self.is_adaptive:
-                traj = integrate_adaptive(
-                    drift, x, grid, method=self._solver, atol=self.config.atol, rtol=self.config.rtol
-                )
-                if callback is not None:
-                    for i in range(1, traj.shape[0]):
-                        if callback(i - 1, grid[i], traj[i]) is not None:
-                            raise InputError(
-                                f"the adaptive {self._solver} solver has finished its solve when the callback "
-                                "runs, so it cannot continue from replaced latents; use a fixed-step solver "
-                                f"({', '.join(ODE_FIXED_SOLVERS)}) to edit the state during sampling"
-                            )
-                final = traj[-1]
-                trajectory = traj if return_trajectory else None
-                return SiTSamplerOutput(sample=final, trajectory=trajectory, nfe=nfe)
-            states = integrate_fixed(ODE_FIXED_SOLVERS[self._solver], drift, x, grid, callback)
-        else:
-            solver = SDE_SOLVERS[self._solver]
-
-            def sde_drift(xx: Tensor, t: Tensor) -> Tensor:
-                return self.sde_drift(model(xx, t), xx, t)
-
-            def diffusion(t: Tensor) -> Tensor:
-                return self._diffusion(t, x)
-
-            states = [x]
-            n_sde = grid.shape[0] - 1
-            for i in range(n_sde):
-                w = self.brownian_noise(tuple(x.shape), generator, x.device, x.dtype)
-                x, _ = solver.step(sde_drift, diffusion, x, grid[i], grid[i + 1] - grid[i], w)
-                if callback is not None:
-                    x = _replaced(callback(i, grid[i + 1], x), x)
-                states.append(x)
-            if self._last_step is not None:
-                t1 = grid[-1].expand(x.shape[0])
-                x = self._last(model(x, t1), x, t1)
-                if callback is not None:
-                    x = _replaced(callback(n_sde, grid[-1], x), x)
-                states.append(x)
-        trajectory = torch.stack(states) if return_trajectory else None
-        return SiTSamplerOutput(sample=states[-1], trajectory=trajectory, nfe=nfe)
+        out = self._core.sample(model_fn, noise, num_inference_steps, generator=generator,
+                                return_trajectory=return_trajectory, callback=callback, strength=strength,
+                                noise_fn=self.brownian_noise)
+        return SiTSamplerOutput(sample=out.sample, trajectory=out.trajectory, nfe=out.nfe)
