@@ -53,6 +53,15 @@ def assets(tmp_path_factory) -> Path:
     vae.save_pretrained(root / "vae-nan")
     (root / "empty").mkdir()
     (root / "a-file").write_text("not a folder")
+    from transformers import Dinov2Config, Dinov2Model
+
+    for name, channels in (("encoder-grey", 1), ("encoder", 3)):  # the last (RGB) one gets a NaN below
+        encoder = Dinov2Model(Dinov2Config(image_size=16, patch_size=4, hidden_size=16, num_hidden_layers=1,
+                                           num_attention_heads=2, intermediate_size=32, num_channels=channels))
+        encoder.save_pretrained(root / name)
+    with torch.no_grad():
+        encoder.embeddings.patch_embeddings.projection.weight[0, 0, 0, 0] = float("nan")
+    encoder.save_pretrained(root / "encoder-nan")
     return root
 
 
@@ -103,6 +112,23 @@ BAD_INPUTS = [
                  id="out-under-a-file"),
     pytest.param(["--batchsize", "3"], ["--batchsize", "did you mean --batch_size"], id="unknown-flag"),
     pytest.param(["--config", "{tmp}/missing.yaml"], ["--config", "missing.yaml"], id="config-missing"),
+    pytest.param(["--repa_encoder", "{tmp}/no-encoder"], ["--repa_encoder", "no-encoder", "not an existing folder"],
+                 id="repa-encoder-missing"),
+    pytest.param(["--repa_encoder", "{assets}/vae"], ["--repa_encoder", "vae", "could not be loaded"],
+                 id="repa-encoder-not-transformers"),
+    pytest.param(["--repa_encoder", "org/no-such-encoder"], ["--repa_encoder", "'org/no-such-encoder'", "offline"],
+                 id="repa-encoder-offline"),
+    pytest.param(["--repa_encoder", "{assets}/encoder-grey"], ["--repa_encoder", "encoder-grey", "1-channel"],
+                 id="repa-encoder-grey-with-vae"),
+    pytest.param(["--repa_encoder", "{assets}/encoder", "--repa_image_size", "18"],
+                 ["--repa_image_size", "18", "patch size 4"], id="repa-image-size-vs-patch"),
+    pytest.param(["--repa_encoder", "{assets}/encoder", "--repa_image_size", "0"], ["--repa_image_size", "0"],
+                 id="repa-image-size-0"),
+    pytest.param(["--repa_image_size", "16"], ["--repa_image_size", "needs --repa_encoder"],
+                 id="repa-image-size-alone"),
+    pytest.param(["--repa_encoder", "{assets}/encoder", "--repa_encoder_dtype", "float16"],
+                 ["repa_encoder_dtype", "'float16'"], id="repa-encoder-dtype"),
+    pytest.param(["--vae", "none"], ["--vae none", "--repa_encoder"], id="vae-none-without-encoder"),
 ]
 
 
@@ -138,6 +164,23 @@ def test_non_finite_moments_exit_1_and_keep_nothing(vae, dtype, expected, assets
     code, err = _main(argv, capsys)
     assert code == 1 and expected in err and "rows 0..1" in err and "Traceback" not in err
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # neither latents nor latents.tmp
+
+
+def test_non_finite_repa_features_exit_1_and_keep_nothing(assets, tmp_path, capsys):
+    argv = [a.format(assets=assets, tmp=tmp_path) for a in BASE] + ["--repa_encoder", str(assets / "encoder-nan")]
+    code, err = _main(argv, capsys)
+    assert code == 1 and "REPA features of rows 0..1" in err and "--repa_encoder" in err and "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_good_run_with_repa_features(assets, tmp_path, capsys):
+    argv = [a.format(assets=assets, tmp=tmp_path) for a in BASE] + ["--repa_encoder", str(assets / "encoder")]
+    assert _main(argv, capsys)[0] == 0
+    out = tmp_path / "latents"
+    assert sorted(p.name for p in out.iterdir()) == ["meta.json", "repa.json", "shard-00000-labels.npy",
+                                                     "shard-00000-moments.npy", "shard-00000-repa.npy"]
+    features = np.load(out / "shard-00000-repa.npy")
+    assert features.shape == (4, 2, 16, 16) and np.isfinite(features).all()  # 4x4 tokens of width 16
 
 
 def test_good_run_through_main(assets, tmp_path, capsys):

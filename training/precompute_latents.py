@@ -13,6 +13,13 @@ Everything is checked before the first image is encoded: every value, the output
 against ``--resolution``, the data source, its columns and every label against ``--num_classes`` (one pass
 over the label column, no image decoded). Bad input exits 2 with one line naming the flag; NaN/inf
 moments from the VAE exit 1 with the ``.tmp`` folder removed (nothing written).
+
+REPA (``training/repa.py``): ``--repa_encoder ID_OR_FOLDER`` also stores the patch features of a frozen
+``transformers`` vision encoder for the same two views (``shard-RRRRR-repa.npy``, ``(N, 2, T, D)``: the crop's,
+then the mirror's, the mirror being exactly the image whose latents are stored as the mirror) and
+``repa.json``; training reads them with ``training.repa.WithRepaFeatures`` under ``"repa_features"``, the
+mirror's whenever the latents' mirror is drawn. ``--vae none --repa_encoder ...`` stores the features
+alone (pixel-space training, e.g. the digits; images read with the encoder's channel count).
 """
 
 from __future__ import annotations
@@ -44,6 +51,7 @@ from sit_diffusers.validation import (  # noqa: E402
 )
 from training.config import ConfigError, parse_config  # noqa: E402
 from training.data import DataError, LatentsMeta, check_image_dataset, load_image_dataset, preprocess  # noqa: E402
+from training.repa import RepaEncoder, RepaFeaturesMeta, repa_shard_file  # noqa: E402
 from training.train_sit import _id2label_from_features, load_vae, vae_downsample  # noqa: E402
 
 PROG = "precompute_latents.py"
@@ -77,7 +85,8 @@ class PrecomputeConfig:
     num_classes: int = _opt(1000, "number of classes (>= 1): every label must be in [0, num_classes)")
     max_samples: int | None = _opt(None, "encode only the first N examples (>= 1; none: all)")
     resolution: int = _opt(256, "image side after the ADM center crop; a multiple of the VAE's factor")
-    vae: str = _opt("stabilityai/sd-vae-ft-ema", "AutoencoderKL: Hub id or local folder")
+    vae: str | None = _opt("stabilityai/sd-vae-ft-ema",
+                           "AutoencoderKL: Hub id or local folder; none: no latents, only --repa_encoder features")
     vae_subfolder: str | None = _opt(None, "subfolder of --vae holding the AutoencoderKL")
     vae_scaling_factor: float = _opt(0.18215, "finite > 0; recorded in meta.json (training scales latents by it)")
     batch_size: int = _opt(64, "images per VAE call on each process (>= 1; each is encoded twice: crop, mirror)")
@@ -85,11 +94,21 @@ class PrecomputeConfig:
                                        factory=default_num_workers)
     dtype: Literal["float32", "float16"] = _opt(
         "float16", "storage precision of the moments (float16 halves the size: ~42 GB for ImageNet-1k at 256 px)"
+        " and of the REPA features"
     )
+    repa_encoder: str | None = _opt(
+        None, "REPA: also store this frozen transformers vision encoder's patch features (AutoModel: Hub id or "
+        "folder, e.g. facebook/dinov2-base) of the crop and its mirror; none: no features")
+    repa_encoder_dtype: Literal["float32", "bfloat16"] = _opt("float32", "precision the REPA encoder runs in")
+    repa_image_size: int | None = _opt(
+        None, "REPA encoder input side (a multiple of its patch size; none: its image processor's crop size, "
+        "else its config's image_size)")
 
     def __post_init__(self) -> None:
-        for name in ("output_dir", "dataset_split", "image_column", "label_column", "vae"):
+        for name in ("output_dir", "dataset_split", "image_column", "label_column", "vae", "repa_encoder"):
             value = getattr(self, name)
+            if value is None and name in ("vae", "repa_encoder"):
+                continue
             if not isinstance(value, str) or not value.strip():
                 raise InputError(f"--{name} must be a non-empty string, got {value!r}")
         if self.train_data_dir is None and self.dataset_name is None:
@@ -103,20 +122,27 @@ class PrecomputeConfig:
         check_int("--batch_size", self.batch_size, minimum=1)
         check_int("--dataloader_num_workers", self.dataloader_num_workers, minimum=0)
         check_choice("--dtype", self.dtype, DTYPES)
+        check_choice("--repa_encoder_dtype", self.repa_encoder_dtype, ("float32", "bfloat16"))
+        if self.repa_image_size is not None:
+            if self.repa_encoder is None:
+                raise InputError(f"--repa_image_size {self.repa_image_size} needs --repa_encoder")
+            check_int("--repa_image_size", self.repa_image_size, minimum=1)
+        if self.vae is None and self.repa_encoder is None:
+            raise InputError("--vae none leaves nothing to compute: give a --vae, or --repa_encoder for features only")
 
 
 class _Crops(torch.utils.data.Dataset):
-    """Row ``i`` -> (ADM crop in [-1, 1] (3, S, S), label)."""
+    """Row ``i`` -> (ADM crop in [-1, 1] (C, S, S), label); C = 3 (VAE) or the REPA encoder's channels."""
 
-    def __init__(self, dataset: Any, cfg: PrecomputeConfig) -> None:
-        self.dataset, self.cfg = dataset, cfg
+    def __init__(self, dataset: Any, cfg: PrecomputeConfig, channels: int = 3) -> None:
+        self.dataset, self.cfg, self.channels = dataset, cfg, channels
 
     def __len__(self) -> int:
         return len(self.dataset)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         row = self.dataset[index]
-        pixels = preprocess(row[self.cfg.image_column], self.cfg.resolution, 3, flip=False)  # (3, S, S)
+        pixels = preprocess(row[self.cfg.image_column], self.cfg.resolution, self.channels, flip=False)  # (C, S, S)
         return pixels, int(row[self.cfg.label_column])
 
 
@@ -142,9 +168,11 @@ def check_output_dir(cfg: PrecomputeConfig) -> tuple[Path, Path]:
     return out, tmp
 
 
-def load_checked_vae(cfg: PrecomputeConfig, device: torch.device) -> tuple[Any, tuple[int, int, int]]:
+def load_checked_vae(cfg: PrecomputeConfig, device: torch.device) -> tuple[Any, tuple[int, int, int] | None]:
     """The VAE (a clear error naming ``--vae`` when it cannot be loaded, e.g. offline and not cached) and
-    the latent shape ``(C, h, w)`` of a ``--resolution`` image."""
+    the latent shape ``(C, h, w)`` of a ``--resolution`` image; ``(None, None)`` with ``--vae none``."""
+    if cfg.vae is None:
+        return None, None
     local = Path(cfg.vae).expanduser()
     if cfg.vae.startswith((".", "/", "~")) and not local.is_dir():
         raise InputError(f"--vae {cfg.vae!r} is not an existing folder (a local AutoencoderKL or a Hub id 'org/name')")
@@ -163,6 +191,19 @@ def load_checked_vae(cfg: PrecomputeConfig, device: torch.device) -> tuple[Any, 
                           f"of --vae {cfg.vae!r}")
     side = cfg.resolution // factor
     return vae, (vae.config.latent_channels, side, side)
+
+
+def load_checked_encoder(cfg: PrecomputeConfig, device: torch.device) -> RepaEncoder | None:
+    """The frozen REPA encoder of ``--repa_encoder`` (None without it); errors name the flag. With a VAE the
+    images are RGB, so a 1-channel encoder is refused."""
+    if cfg.repa_encoder is None:
+        return None
+    encoder = RepaEncoder.from_pretrained(cfg.repa_encoder, dtype=cfg.repa_encoder_dtype, device=device,
+                                          image_size=cfg.repa_image_size, flag="--repa_encoder")
+    if cfg.vae is not None and encoder.num_channels != 3:
+        raise InputError(f"--repa_encoder {cfg.repa_encoder!r} takes {encoder.num_channels}-channel images; the "
+                         f"VAE's images are RGB (use a 3-channel encoder, or --vae none for features only)")
+    return encoder
 
 
 def load_checked_dataset(cfg: PrecomputeConfig) -> Any:
@@ -207,6 +248,7 @@ def precompute(cfg: PrecomputeConfig, dataset: Any | None = None) -> Path:
     accelerator = Accelerator()
     out, tmp = check_output_dir(cfg)
     vae, latent_shape = load_checked_vae(cfg, accelerator.device)
+    encoder = load_checked_encoder(cfg, accelerator.device)
     if dataset is None:
         dataset = load_checked_dataset(cfg)
     if cfg.max_samples is not None:
@@ -221,54 +263,85 @@ def precompute(cfg: PrecomputeConfig, dataset: Any | None = None) -> Path:
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
     try:
-        _encode_shard(cfg, vae, dataset, tmp, r, lo, hi, latent_shape, accelerator)
+        _encode_shard(cfg, vae, dataset, tmp, r, lo, hi, latent_shape, accelerator, encoder)
     except NonFiniteError:
-        shutil.rmtree(tmp, ignore_errors=True)  # nothing of a run with NaN/inf latents is kept
+        shutil.rmtree(tmp, ignore_errors=True)  # nothing of a run with NaN/inf latents or features is kept
         raise
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        LatentsMeta(
-            num_examples=n, latent_shape=latent_shape, resolution=cfg.resolution, vae=cfg.vae,
-            vae_scaling_factor=cfg.vae_scaling_factor, dtype=cfg.dtype,
-            shards=tuple(f"shard-{i:05d}" for i in range(p)),
-            id2label=_id2label_from_features(dataset, cfg.label_column),
-        ).write(tmp)
+        shards = tuple(f"shard-{i:05d}" for i in range(p))
+        if vae is not None:
+            LatentsMeta(
+                num_examples=n, latent_shape=latent_shape, resolution=cfg.resolution, vae=cfg.vae,
+                vae_scaling_factor=cfg.vae_scaling_factor, dtype=cfg.dtype, shards=shards,
+                id2label=_id2label_from_features(dataset, cfg.label_column),
+            ).write(tmp)
+        if encoder is not None:
+            RepaFeaturesMeta(
+                encoder=cfg.repa_encoder, image_size=encoder.image_size, grid=encoder.grid,
+                dim=encoder.hidden_size, dtype=cfg.dtype, num_examples=n, shards=shards,
+                resolution=cfg.resolution, image_channels=3 if vae is not None else encoder.num_channels,
+            ).write(tmp)
         tmp.rename(out)
     accelerator.wait_for_everyone()
     return out
 
 
+def _store(rows: str, values: torch.Tensor, dtype: str) -> np.ndarray:
+    """``values`` in the storage ``dtype``; an overflow is reported by name (NonFiniteError)."""
+    with np.errstate(over="ignore"):  # an overflow is reported below, by name
+        stored = values.float().cpu().numpy().astype(dtype)
+    check_finite_tensor(f"{rows} in {dtype}", torch.from_numpy(stored),
+                        "they overflow the storage dtype: use --dtype float32")
+    return stored
+
+
 def _encode_shard(cfg: PrecomputeConfig, vae: Any, dataset: Any, tmp: Path, rank: int, lo: int, hi: int,
-                  latent_shape: tuple[int, int, int], accelerator: Any) -> None:
-    """Rows ``[lo, hi)`` -> ``shard-RRRRR-moments.npy`` ``(hi - lo, 2, 2C, h, w)`` and ``-labels.npy``."""
+                  latent_shape: tuple[int, int, int] | None, accelerator: Any,
+                  encoder: RepaEncoder | None = None) -> None:
+    """Rows ``[lo, hi)`` -> ``shard-RRRRR-moments.npy`` ``(hi - lo, 2, 2C, h, w)`` (with a VAE),
+    ``shard-RRRRR-repa.npy`` ``(hi - lo, 2, T, D)`` (with a REPA encoder) and ``-labels.npy``; index 1 of
+    axis 1 is the mirror image ``pixels.flip(-1)`` for both."""
     from tqdm.auto import tqdm
 
     shard = f"shard-{rank:05d}"
-    c, h, w = latent_shape
-    moments_file = np.lib.format.open_memmap(tmp / f"{shard}-moments.npy", mode="w+", dtype=np.dtype(cfg.dtype),
-                                             shape=(hi - lo, 2, 2 * c, h, w))
+    moments_file = features_file = None
+    if vae is not None:
+        c, h, w = latent_shape
+        moments_file = np.lib.format.open_memmap(tmp / f"{shard}-moments.npy", mode="w+",
+                                                 dtype=np.dtype(cfg.dtype), shape=(hi - lo, 2, 2 * c, h, w))
+    if encoder is not None:
+        tokens = encoder.grid[0] * encoder.grid[1]
+        features_file = np.lib.format.open_memmap(tmp / repa_shard_file(shard), mode="w+", dtype=np.dtype(cfg.dtype),
+                                                  shape=(hi - lo, 2, tokens, encoder.hidden_size))
     labels = np.zeros(hi - lo, dtype=np.int64)
-    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(_Crops(dataset, cfg), range(lo, hi)),
+    channels = 3 if vae is not None else encoder.num_channels
+    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(_Crops(dataset, cfg, channels), range(lo, hi)),
                                          batch_size=cfg.batch_size, num_workers=cfg.dataloader_num_workers)
     start = 0
     with torch.no_grad():
         for pixels, y in tqdm(loader, disable=not accelerator.is_local_main_process, desc="encoding"):
-            pixels = pixels.to(accelerator.device)  # (b, 3, S, S)
-            both = torch.cat([pixels, pixels.flip(-1)])  # (2b, 3, S, S): crops, then mirrors
-            params = vae.encode(both).latent_dist.parameters  # (2b, 2C, h, w)
+            pixels = pixels.to(accelerator.device)  # (b, C, S, S)
+            both = torch.cat([pixels, pixels.flip(-1)])  # (2b, C, S, S): crops, then mirrors
             b = pixels.shape[0]
-            rows = f"VAE moments of rows {lo + start}..{lo + start + b - 1}"
-            check_finite_tensor(rows, params, f"--vae {cfg.vae!r} gives NaN/inf on these images")
-            stacked = torch.stack([params[:b], params[b:]], dim=1)  # (b, 2, 2C, h, w)
-            with np.errstate(over="ignore"):  # an overflow is reported below, by name
-                stored = stacked.float().cpu().numpy().astype(cfg.dtype)  # (b, 2, 2C, h, w)
-            check_finite_tensor(f"{rows} in {cfg.dtype}", torch.from_numpy(stored),
-                                "they overflow the storage dtype: use --dtype float32")
-            moments_file[start:start + b] = stored
+            if vae is not None:
+                params = vae.encode(both).latent_dist.parameters  # (2b, 2C, h, w)
+                rows = f"VAE moments of rows {lo + start}..{lo + start + b - 1}"
+                check_finite_tensor(rows, params, f"--vae {cfg.vae!r} gives NaN/inf on these images")
+                stacked = torch.stack([params[:b], params[b:]], dim=1)  # (b, 2, 2C, h, w)
+                moments_file[start:start + b] = _store(rows, stacked, cfg.dtype)
+            if encoder is not None:
+                feats = encoder(both)  # (2b, T, D)
+                rows = f"REPA features of rows {lo + start}..{lo + start + b - 1}"
+                check_finite_tensor(rows, feats, f"--repa_encoder {cfg.repa_encoder!r} gives NaN/inf on these images")
+                stacked = torch.stack([feats[:b], feats[b:]], dim=1)  # (b, 2, T, D)
+                features_file[start:start + b] = _store(rows, stacked, cfg.dtype)
             labels[start:start + b] = y.numpy()
             start += b
-    moments_file.flush()
-    del moments_file
+    for memmap in (moments_file, features_file):
+        if memmap is not None:
+            memmap.flush()
+    del moments_file, features_file
     np.save(tmp / f"{shard}-labels.npy", labels)
 
 

@@ -1,0 +1,541 @@
+"""REPA pieces (``training/repa.py``): the loss against a hand computation, the token-grid resize, the frozen
+encoder's patch tokens (CLS / registers dropped, preprocessing), the block-``d`` hook against running the
+blocks by hand with the plain forward unchanged bit for bit, the projector, precomputed features equal to
+on-the-fly ones (flips included), and a table of bad inputs. All offline with tiny random models."""
+
+from __future__ import annotations
+
+import math
+import sys
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from tiny_hub_repo import REPO_ROOT
+
+sys.path.insert(0, str(REPO_ROOT))  # `training` is a folder of the repo, not of the installed package
+from sit_diffusers.modeling_sit import SiTTransformer2DModel  # noqa: E402
+from sit_diffusers.validation import InputError  # noqa: E402
+from training import repa  # noqa: E402
+from training.data import DataError, ImageDataset, LatentDataset, flip_for  # noqa: E402
+
+ENC = dict(image_size=28, patch_size=4, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+           intermediate_size=64)
+
+
+def _save_encoder(path, channels=3, registers=0, processor=True, **overrides):
+    from transformers import Dinov2Config, Dinov2Model
+
+    torch.manual_seed(0)
+    if registers:
+        from transformers import Dinov2WithRegistersConfig, Dinov2WithRegistersModel
+
+        model = Dinov2WithRegistersModel(Dinov2WithRegistersConfig(**{**ENC, **overrides}, num_channels=channels,
+                                                                   num_register_tokens=registers))
+    else:
+        model = Dinov2Model(Dinov2Config(**{**ENC, **overrides}, num_channels=channels))
+    model.save_pretrained(path)
+    if processor:
+        from transformers import BitImageProcessor
+
+        BitImageProcessor(size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28},
+                          image_mean=[0.5] * channels, image_std=[0.25] * channels).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def encoders(tmp_path_factory):
+    root = tmp_path_factory.mktemp("repa-encoders")
+    return {
+        "rgb": _save_encoder(root / "rgb"),
+        "grey": _save_encoder(root / "grey", channels=1),
+        "registers": _save_encoder(root / "registers", registers=3),
+        "no-processor": _save_encoder(root / "no-processor", processor=False),
+        "dropout": _save_encoder(root / "dropout", hidden_dropout_prob=0.5, processor=False),
+    }
+
+
+# ---------------------------------------------------------------------------
+# Loss and grid resize
+# ---------------------------------------------------------------------------
+
+
+def test_loss_matches_hand_computation():
+    projected = torch.tensor([[[1.0, 0.0], [0.0, 2.0]], [[3.0, 4.0], [-1.0, 0.0]]])  # (2, 2, 2)
+    target = torch.tensor([[[5.0, 0.0], [1.0, 1.0]], [[4.0, 3.0], [1.0, 0.0]]])
+    # cosines: sample 0: 1, 1/sqrt(2); sample 1: 24/25, -1
+    per_sample = torch.tensor([-(1 + 1 / math.sqrt(2)) / 2, -(24 / 25 - 1) / 2])
+    torch.testing.assert_close(repa.repa_loss(projected, target, reduction="none"), per_sample)
+    torch.testing.assert_close(repa.repa_loss(projected, target), per_sample.mean())
+    assert float(repa.repa_loss(target, target)) == pytest.approx(-1.0)
+    assert repa.repa_loss(projected.bfloat16(), target).dtype == torch.float32
+
+
+def test_loss_gradient_reaches_the_projected_features():
+    projected = torch.randn(2, 3, 4, requires_grad=True)
+    repa.repa_loss(projected, torch.randn(2, 3, 4)).backward()
+    assert projected.grad is not None and projected.grad.abs().sum() > 0
+
+
+def test_grid_resize_layout_and_hand_values():
+    tokens = torch.randn(2, 9, 5)
+    assert repa.resize_token_grid(tokens, (3, 3), (3, 3)) is tokens  # equal grids: untouched
+    # row-major layout: a feature equal to the row index stays a function of the row after resizing
+    rows = torch.arange(2.0).repeat_interleave(2).view(1, 4, 1)  # 2x2 grid, token (i, j) = i
+    up = repa.resize_token_grid(rows, (2, 2), (4, 4)).view(4, 4)  # (4, 4)
+    assert torch.equal(up, up[:, :1].expand(4, 4)) and up[0, 0] < up[-1, 0]
+    torch.testing.assert_close(up[:, 0], torch.tensor([0.0, 0.25, 0.75, 1.0]))  # bilinear, align_corners=False
+    # shrinking 2x2 -> 1x1 (antialiased) averages the four tokens
+    grid = torch.tensor([[1.0, 2.0], [3.0, 10.0]]).view(1, 4, 1)
+    torch.testing.assert_close(repa.resize_token_grid(grid, (2, 2), (1, 1)), torch.tensor([[[4.0]]]))
+    # equal to F.interpolate on the (N, D, h, w) layout
+    x = torch.randn(2, 16, 3)
+    ref = F.interpolate(x.transpose(1, 2).reshape(2, 3, 4, 4), size=(6, 6), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(repa.resize_token_grid(x, (4, 4), (6, 6)), ref.reshape(2, 3, 36).transpose(1, 2))
+
+
+# ---------------------------------------------------------------------------
+# Encoder
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("kind", "prefix"), [("rgb", 1), ("registers", 4)])
+def test_encoder_drops_cls_and_register_tokens(kind, prefix, encoders):
+    enc = repa.RepaEncoder.from_pretrained(str(encoders[kind]))
+    assert enc.num_prefix_tokens == prefix and enc.grid == (7, 7) and enc.hidden_size == 32
+    images = torch.rand(2, 3, 28, 28) * 2 - 1
+    full = enc.backbone(pixel_values=enc.preprocess(images)).last_hidden_state  # (2, prefix + 49, 32)
+    assert full.shape == (2, prefix + 49, 32)
+    assert torch.equal(enc(images), full[:, prefix:])
+
+
+def test_encoder_preprocessing_from_the_processor_or_imagenet(encoders):
+    enc = repa.RepaEncoder.from_pretrained(str(encoders["rgb"]))
+    images = torch.rand(1, 3, 28, 28) * 2 - 1
+    torch.testing.assert_close(enc.preprocess(images), ((images + 1) / 2 - 0.5) / 0.25)  # processor's mean/std
+    plain = repa.RepaEncoder.from_pretrained(str(encoders["no-processor"]))
+    mean, std = torch.tensor(repa.IMAGENET_MEAN).view(1, 3, 1, 1), torch.tensor(repa.IMAGENET_STD).view(1, 3, 1, 1)
+    torch.testing.assert_close(plain.preprocess(images), ((images + 1) / 2 - mean) / std)
+    # another resolution is resized (bicubic) to the encoder's side; grey is repeated to 3 channels
+    big = torch.rand(1, 1, 56, 56) * 2 - 1
+    resized = F.interpolate((big.expand(-1, 3, -1, -1) + 1) / 2, size=(28, 28), mode="bicubic", align_corners=False)
+    torch.testing.assert_close(enc.preprocess(big), (resized - 0.5) / 0.25)
+    assert torch.equal(enc(big), enc(big.expand(-1, 3, -1, -1)))
+    # an explicit image size: 14x14 tokens from a 56 px input
+    assert repa.RepaEncoder.from_pretrained(str(encoders["rgb"]), image_size=56)(big).shape == (1, 196, 32)
+
+
+def test_encoder_is_frozen_in_eval_and_bf16_returns_float32(encoders):
+    enc = repa.RepaEncoder.from_pretrained(str(encoders["dropout"]))
+    enc.train()  # a parent's .train() must not turn its dropout on
+    assert not enc.training and not any(m.training for m in enc.modules())
+    assert not any(p.requires_grad for p in enc.parameters())
+    images = torch.rand(2, 3, 28, 28) * 2 - 1
+    out = enc(images)
+    assert torch.equal(out, enc(images)) and not out.requires_grad
+    half = repa.RepaEncoder.from_pretrained(str(encoders["dropout"]), dtype="bfloat16")
+    assert next(half.backbone.parameters()).dtype == torch.bfloat16
+    low = half(images)
+    assert low.dtype == torch.float32 and (low - out).abs().max() < 0.1 * out.abs().max()
+
+
+# ---------------------------------------------------------------------------
+# Hook on block d, projector
+# ---------------------------------------------------------------------------
+
+
+def _tiny_sit(depth=3):
+    torch.manual_seed(0)
+    model = SiTTransformer2DModel(sample_size=8, patch_size=2, in_channels=1, hidden_size=32, depth=depth,
+                                  num_heads=2, class_dropout_prob=0.1, num_classes=4, learn_sigma=False)
+    with torch.no_grad():
+        for p in model.parameters():  # adaLN-Zero starts every block as the identity: make them act
+            p.add_(torch.randn_like(p) * 0.1)
+    return model.eval()
+
+
+def _blocks_by_hand(model, x, t, y, depth):
+    h = model.patch_embed(x) + model.pos_embed  # (N, T, D)
+    c_act = F.silu(model.time_embed(t, h.dtype) + model.class_embed(y))  # (N, D)
+    for block in model.transformer_blocks[:depth]:
+        h = block(h, c_act)
+    return h
+
+
+@pytest.mark.parametrize("depth", [1, 2, 3])
+def test_hook_captures_block_d_and_leaves_the_forward_unchanged(depth):
+    model = _tiny_sit()
+    x, t, y = torch.randn(2, 1, 8, 8), torch.tensor([0.3, 0.8]), torch.tensor([1, 4])
+    with torch.no_grad():
+        plain = model(x, t, y).sample
+        with repa.capture_hidden_state(model, depth) as hidden:
+            hooked = model(x, t, y).sample
+            captured = hidden.pop()
+        after = model(x, t, y).sample
+        expected = _blocks_by_hand(model, x, t, y, depth)
+    assert torch.equal(captured, expected) and captured.shape == (2, 16, 32)
+    assert torch.equal(plain, hooked) and torch.equal(plain, after)
+    assert all(not b._forward_hooks for b in model.transformer_blocks)  # removed on exit
+    with pytest.raises(RuntimeError, match="no forward"):
+        hidden.pop()
+
+
+def test_repa_gradient_reaches_the_first_blocks_only_with_and_without_checkpointing():
+    for checkpointing in (False, True):
+        model = _tiny_sit().train()
+        if checkpointing:
+            model.enable_gradient_checkpointing()
+        projector = repa.RepaProjector(32, 16, 8, generator=torch.Generator().manual_seed(0))
+        with repa.capture_hidden_state(model, 1) as hidden:
+            model(torch.randn(2, 1, 8, 8), torch.tensor([0.3, 0.8]), torch.tensor([1, 2]))
+            loss = repa.repa_loss(projector(hidden.pop()), torch.randn(2, 16, 8))
+        loss.backward()
+        grads = [p.grad for p in model.transformer_blocks[0].parameters()]
+        assert all(g is not None for g in grads) and sum(g.abs().sum() for g in grads) > 0
+        assert all(p.grad is None for p in model.transformer_blocks[1].parameters())
+        assert all(p.grad is not None for p in projector.parameters())
+
+
+def test_projector_shape_init_and_token_grid():
+    projector = repa.RepaProjector(32, 64, 8, generator=torch.Generator().manual_seed(0))
+    same = repa.RepaProjector(32, 64, 8, generator=torch.Generator().manual_seed(0))
+    assert all(torch.equal(a, b) for a, b in zip(projector.state_dict().values(), same.state_dict().values(),
+                                                 strict=True))
+    assert list(projector.state_dict()) == [f"linear_{i}.{k}" for i in (1, 2, 3) for k in ("weight", "bias")]
+    assert all(not b.any() for k, b in projector.state_dict().items() if k.endswith("bias"))
+    h = torch.randn(2, 5, 32)
+    expected = projector.linear_3(F.silu(projector.linear_2(F.silu(projector.linear_1(h)))))
+    assert torch.equal(projector(h), expected) and expected.shape == (2, 5, 8)
+    assert repa.token_grid(_tiny_sit()) == (4, 4)
+
+
+# ---------------------------------------------------------------------------
+# Precomputed features == on-the-fly features
+# ---------------------------------------------------------------------------
+
+
+def _tiny_vae():
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(0)
+    return AutoencoderKL(
+        in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"] * 2,
+        up_block_types=["UpDecoderBlock2D"] * 2, block_out_channels=[8, 16], latent_channels=4,
+        layers_per_block=1, norm_num_groups=4, sample_size=16,
+    )
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    """An imagefolder of 6 RGB PNGs (3 classes) and the same images as an in-memory grey dataset."""
+    import datasets
+
+    root = tmp_path_factory.mktemp("repa-images")
+    rng = np.random.default_rng(0)
+    arrays = [(rng.random((20, 24, 3)) * 255).astype(np.uint8) for _ in range(6)]
+    for i, arr in enumerate(arrays):
+        (root / "images" / f"c{i % 3}").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(arr).save(root / "images" / f"c{i % 3}" / f"{i}.png")
+    _tiny_vae().save_pretrained(root / "vae")
+    grey = datasets.Dataset.from_dict({"image": [Image.fromarray(a[:, :, 0]) for a in arrays],
+                                       "label": [i % 3 for i in range(6)]})
+    return root, grey
+
+
+def _precompute(tmp_path, argv, dataset=None):
+    from training.config import parse_config
+    from training.precompute_latents import PrecomputeConfig, precompute
+
+    return precompute(parse_config([*argv, "--output_dir", str(tmp_path / "out"), "--dtype", "float32",
+                                    "--batch_size", "4", "--dataloader_num_workers", "0"],
+                                   cls=PrecomputeConfig), dataset=dataset)
+
+
+def _assert_matches_on_the_fly(store, pixels_dataset, encoder, n, seed=3):
+    seen = set()
+    for position in range(12):
+        row = position % n
+        flip = flip_for(seed, position)
+        seen.add(flip)
+        pixels = pixels_dataset[(position, row)]["pixels"]  # (C, S, S), mirrored by the same coin
+        torch.testing.assert_close(store[(position, row)]["repa_features"], encoder(pixels[None])[0],
+                                   atol=1e-5, rtol=1e-5)
+    assert seen == {True, False}
+
+
+def test_precomputed_features_equal_on_the_fly_with_latents(images, encoders, tmp_path):
+    root, _ = images
+    out = _precompute(tmp_path, ["--train_data_dir", str(root / "images"), "--vae", str(root / "vae"),
+                                 "--resolution", "16", "--num_classes", "3", "--repa_encoder", str(encoders["rgb"])])
+    meta = repa.RepaFeaturesMeta.read(out)
+    assert (meta.grid, meta.dim, meta.num_examples, meta.image_channels) == ((7, 7), 32, 6, 3)
+    assert np.load(out / "shard-00000-repa.npy").shape == (6, 2, 49, 32)
+    store = repa.RepaFeatureStore(out)
+    latents = LatentDataset(out, seed=3, random_flip=True)
+    store.check(num_rows=6, resolution=16, encoder=str(encoders["rgb"]), labels=latents.labels)
+    wrapped = repa.WithRepaFeatures(latents, store, seed=3, random_flip=True)
+    example = wrapped[(0, 0)]
+    assert set(example) == {"moments", "label", "position", "repa_features"}
+    import datasets
+
+    folder = datasets.load_dataset("imagefolder", data_dir=str(root / "images"), split="train")
+    pixels = ImageDataset(folder, "image", "label", 16, 3, seed=3, random_flip=True)
+    encoder = repa.RepaEncoder.from_pretrained(str(encoders["rgb"]))
+    _assert_matches_on_the_fly(wrapped, pixels, encoder, 6)
+    assert not torch.equal(store.get(0, False), store.get(0, True))  # the mirror's features are its own
+    batch = torch.utils.data.default_collate([wrapped[(q, q)] for q in range(3)])
+    target = repa.repa_targets(batch, (4, 4))
+    assert target.shape == (3, 16, 32)
+    torch.testing.assert_close(target, repa.resize_token_grid(batch["repa_features"], (7, 7), (4, 4)))
+
+
+def test_features_only_for_grey_pixel_space_data(images, encoders, tmp_path):
+    _, grey = images
+    out = _precompute(tmp_path, ["--vae", "none", "--resolution", "28", "--num_classes", "3",
+                                 "--repa_encoder", str(encoders["grey"])], dataset=grey)
+    assert not (out / "meta.json").exists() and repa.RepaFeaturesMeta.read(out).image_channels == 1
+    store = repa.RepaFeatureStore(out, flag="--repa_features_dir")
+    store.check(num_rows=6, labels=grey["label"])
+    pixels = ImageDataset(grey, "image", "label", 28, 1, seed=3, random_flip=True)
+    wrapped = repa.WithRepaFeatures(pixels, store, seed=3, random_flip=True)
+    encoder = repa.RepaEncoder.from_pretrained(str(encoders["grey"]))
+    _assert_matches_on_the_fly(wrapped, pixels, encoder, 6)
+    batch = torch.utils.data.default_collate([pixels[(q, q)] for q in range(3)])
+    torch.testing.assert_close(repa.repa_targets(batch, (7, 7), encoder), encoder(batch["pixels"]))
+
+
+# ---------------------------------------------------------------------------
+# Bad inputs
+# ---------------------------------------------------------------------------
+
+
+def _bad_cases(encoders, tmp_path):
+    enc = repa.RepaEncoder.from_pretrained(str(encoders["rgb"]))
+    (tmp_path / "not-a-model").mkdir()
+    (tmp_path / "not-a-model" / "config.json").write_text("{}")
+    return [
+        ("depth-0", lambda: repa.check_repa_depth(0, 4), ["--repa_depth", "[1, 4]", "0"]),
+        ("depth-too-deep", lambda: repa.check_repa_depth(5, 4), ["--repa_depth", "[1, 4]", "5"]),
+        ("depth-text", lambda: repa.check_repa_depth("2", 4), ["--repa_depth", "'2'"]),
+        ("hook-depth", lambda: repa.attach_hidden_capture(_tiny_sit(), 4), ["depth", "[1, 3]", "4"]),
+        ("encoder-missing", lambda: repa.RepaEncoder.from_pretrained(str(tmp_path / "nope")),
+         ["--repa_encoder", "nope", "not an existing folder"]),
+        ("encoder-not-a-model", lambda: repa.RepaEncoder.from_pretrained(str(tmp_path / "not-a-model")),
+         ["--repa_encoder", "not-a-model", "could not be loaded"]),
+        ("encoder-offline", lambda: repa.RepaEncoder.from_pretrained("org/no-such-encoder"),
+         ["--repa_encoder", "'org/no-such-encoder'", "offline"]),
+        ("encoder-empty", lambda: repa.RepaEncoder.from_pretrained(""), ["--repa_encoder", "''"]),
+        ("encoder-dtype", lambda: repa.RepaEncoder.from_pretrained(str(encoders["rgb"]), dtype="float64"),
+         ["--repa_encoder_dtype", "'float64'"]),
+        ("image-size", lambda: repa.RepaEncoder.from_pretrained(str(encoders["rgb"]), image_size=30),
+         ["--repa_image_size", "30", "patch size 4"]),
+        ("encoder-channels", lambda: repa.RepaEncoder.from_pretrained(str(encoders["grey"]))(torch.zeros(1, 3, 28, 28)),
+         ["3 channels", "takes 1"]),
+        ("encoder-images-2d", lambda: enc(torch.zeros(28, 28)), ["images", "(28, 28)"]),
+        ("projector-dim-0", lambda: repa.RepaProjector(32, 0, 8), ["projector_dim", "0"]),
+        ("projector-input", lambda: repa.RepaProjector(32, 4, 8)(torch.zeros(2, 3, 16)), ["hidden", "(2, 3, 16)"]),
+        ("loss-shapes", lambda: repa.repa_loss(torch.zeros(2, 3, 4), torch.zeros(2, 3, 5)),
+         ["projected", "(2, 3, 4)", "(2, 3, 5)"]),
+        ("loss-2d", lambda: repa.repa_loss(torch.zeros(2, 4), torch.zeros(2, 4)), ["projected", "(2, 4)"]),
+        ("loss-reduction", lambda: repa.repa_loss(torch.zeros(1, 1, 2), torch.zeros(1, 1, 2), reduction="sum"),
+         ["reduction", "'sum'"]),
+        ("grid-tokens", lambda: repa.resize_token_grid(torch.zeros(1, 10, 2), (3, 3), (2, 2)), ["10", "3x3"]),
+        ("targets-none", lambda: repa.repa_targets({"moments": torch.zeros(1)}, (2, 2)), ["repa_features"]),
+        ("targets-latents", lambda: repa.repa_targets({"moments": torch.zeros(1)}, (2, 2), enc),
+         ["pixels", "precompute"]),
+        ("store-missing", lambda: repa.RepaFeatureStore(tmp_path, flag="--latents_dir"),
+         ["--latents_dir", str(tmp_path), "repa.json"]),
+    ]
+
+
+def test_bad_inputs_raise_input_error_naming_the_argument(encoders, tmp_path, monkeypatch):
+    import huggingface_hub.constants as hf_constants
+
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path / "hub-cache"))
+    cases = _bad_cases(encoders, tmp_path)
+    assert len(cases) == 21
+    for name, call, expected in cases:
+        with pytest.raises(InputError) as info:
+            call()
+        for text in expected:
+            assert text in str(info.value), (name, str(info.value))
+
+
+def test_store_check_refuses_other_data(images, encoders, tmp_path):
+    _, grey = images
+    out = _precompute(tmp_path, ["--vae", "none", "--resolution", "28", "--num_classes", "3",
+                                 "--repa_encoder", str(encoders["grey"])], dataset=grey)
+    store = repa.RepaFeatureStore(out, flag="--repa_features_dir")
+    cases = [
+        (dict(num_rows=5), ["6 rows", "5"]),
+        (dict(num_rows=6, resolution=32), ["resolution 28", "--resolution 32"]),
+        (dict(num_rows=6, encoder="facebook/dinov2-base"), ["--repa_encoder 'facebook/dinov2-base'"]),
+        (dict(num_rows=6, labels=[0, 1, 2, 0, 2, 1]), ["labels", "row 4"]),
+    ]
+    for kwargs, expected in cases:
+        with pytest.raises(DataError) as info:
+            store.check(**kwargs)
+        assert "--repa_features_dir" in str(info.value)
+        for text in expected:
+            assert text in str(info.value), str(info.value)
+
+
+# ---------------------------------------------------------------------------
+# The digits scripts: the encoder trainer and the experiment runner
+# ---------------------------------------------------------------------------
+
+
+def _load_script(name):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"_repa_{name}", REPO_ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _run_cli(module, argv, capsys):
+    capsys.readouterr()
+    try:
+        code = module.main(argv)
+    except SystemExit as exit_:  # argparse: a value of the wrong type
+        code = exit_.code
+    captured = capsys.readouterr()
+    return code, captured.err, captured.out
+
+
+def _files(root):
+    return sorted((str(p.relative_to(root)), p.stat().st_mtime_ns) for p in root.rglob("*"))
+
+
+ENCODER_BAD = [
+    (["--steps", "0"], ["--steps", "0"]),
+    (["--steps", "x"], ["--steps", "'x'"]),
+    (["--batch-size", "1"], ["--batch-size", "1"]),
+    (["--lr", "nan"], ["--lr", "nan"]),
+    (["--lr", "0"], ["--lr", "0"]),
+    (["--heads", "3"], ["--heads 3", "--hidden-size 64"]),
+    (["--layers", "0"], ["--layers", "0"]),
+    (["--mask-ratio", "1"], ["--mask-ratio", "1"]),
+    (["--seed", "-1"], ["--seed", "-1"]),
+    (["--threads", "0"], ["--threads", "0"]),
+    (["--out", "{tmp}/full"], ["--out", "full", "--overwrite"]),
+    (["--out", "{tmp}/a-file"], ["--out", "a-file", "file"]),
+]
+
+
+@pytest.mark.parametrize(("args", "expected"), ENCODER_BAD, ids=[" ".join(a) for a, _ in ENCODER_BAD])
+def test_train_digit_encoder_refuses_bad_flags_and_writes_nothing(args, expected, tmp_path, capsys):
+    script = _load_script("train_digit_encoder")
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x").write_text("keep")
+    (tmp_path / "a-file").write_text("keep")
+    before = _files(tmp_path)
+    argv = ["--out", str(tmp_path / "enc"), *[a.format(tmp=tmp_path) for a in args]]
+    code, err, _ = _run_cli(script, argv, capsys)
+    assert code == 2 and "Traceback" not in err, err
+    for text in expected:
+        assert text in err.strip().splitlines()[-1], err
+    assert _files(tmp_path) == before
+
+
+def test_train_digit_encoder_smoke_saves_an_automodel_folder(tmp_path, capsys):
+    script = _load_script("train_digit_encoder")
+    out = tmp_path / "enc"
+    argv = ["--out", str(out), "--steps", "2", "--batch-size", "8", "--hidden-size", "16", "--layers", "1",
+            "--heads", "2", "--skip-probe"]
+    assert _run_cli(script, argv, capsys)[0] == 0
+    assert {"config.json", "model.safetensors", "preprocessor_config.json", "README.md"} <= {p.name for p in out.iterdir()}
+    enc = repa.RepaEncoder.from_pretrained(str(out))
+    assert (enc.num_channels, enc.grid, enc.hidden_size, enc.image_size) == (1, (7, 7), 16, 28)
+    x = torch.rand(2, 1, 28, 28) * 2 - 1
+    assert torch.equal(enc.preprocess(x), x)  # mean 0.5, std 0.5: the [-1, 1] images go in unchanged
+
+
+def test_shipped_digit_encoder_loads_like_dinov2():
+    folder = REPO_ROOT / "src" / "sit_diffusers" / "data" / "digit-encoder"
+    if not (folder / "config.json").is_file():
+        pytest.skip("the digit encoder is not built yet (benchmarks/train_digit_encoder.py)")
+    enc = repa.RepaEncoder.from_pretrained(str(folder))
+    assert (enc.num_channels, enc.grid, enc.num_prefix_tokens) == (1, (7, 7), 1)
+    assert sum(f.stat().st_size for f in folder.iterdir()) < 2 * 2**20
+    from sit_diffusers.digits import digits_tensors
+
+    x, _ = digits_tensors("heldout")
+    assert enc(x[:4]).shape == (4, 49, enc.hidden_size)
+
+
+RUNNER_BAD = [
+    (["--arms", "plain,repaa"], ["--arms", "'repaa'", "did you mean 'repa'"]),
+    (["--arms", "plain,plain"], ["--arms", "distinct"]),
+    (["--seeds", "0,x"], ["--seeds", "'0,x'"]),
+    (["--seeds", "-1"], ["--seeds", "-1"]),
+    (["--steps", "0"], ["--steps", "0"]),
+    (["--batch-size", "0"], ["--batch-size", "0"]),
+    (["--lr", "inf"], ["--lr", "inf"]),
+    (["--ema", "1.5"], ["--ema", "1.5"]),
+    (["--heads", "5"], ["--heads 5", "--hidden-size 192"]),
+    (["--repa-depth", "7"], ["--repa-depth", "7", "--depth 6"]),
+    (["--repa-depth", "0"], ["--repa-depth", "0"]),
+    (["--repa-coeff", "-1"], ["--repa-coeff", "-1"]),
+    (["--repa-projector-dim", "0"], ["--repa-projector-dim", "0"]),
+    (["--repa-stop-fraction", "1"], ["--repa-stop-fraction", "1"]),
+    (["--eval-fractions", "0.5"], ["--eval-fractions", "1.0"]),
+    (["--eval-fractions", "0,1"], ["--eval-fractions"]),
+    (["--eval-fractions", "a"], ["--eval-fractions", "'a'"]),
+    (["--samples", "5"], ["--samples", "5"]),
+    (["--guidance", "nan"], ["--guidance", "nan"]),
+    (["--encoder", "{tmp}/no-encoder"], ["--encoder", "no-encoder", "config.json"]),
+    (["--features", "cached"], ["--features", "'cached'"]),
+    (["--out", "{tmp}/a-file"], ["--out", "a-file"]),
+]
+
+
+@pytest.mark.parametrize(("args", "expected"), RUNNER_BAD, ids=[" ".join(a) for a, _ in RUNNER_BAD])
+def test_repa_digits_refuses_bad_flags_and_writes_nothing(args, expected, encoders, tmp_path, capsys):
+    runner = _load_script("repa_digits")
+    (tmp_path / "a-file").write_text("keep")
+    before = _files(tmp_path)
+    argv = ["--out", str(tmp_path / "runs"), "--encoder", str(encoders["grey"]), "--dry-run",
+            *[a.format(tmp=tmp_path) for a in args]]
+    code, err, _ = _run_cli(runner, argv, capsys)
+    assert code == 2 and "Traceback" not in err, err
+    for text in expected:
+        assert text in err.strip().splitlines()[-1], err
+    assert _files(tmp_path) == before
+
+
+def test_repa_digits_dry_run_plans_every_run_and_writes_nothing(encoders, tmp_path, capsys):
+    runner = _load_script("repa_digits")
+    argv = ["--out", str(tmp_path / "runs"), "--encoder", str(encoders["grey"]), "--dry-run", "--steps", "400"]
+    code, err, out = _run_cli(runner, argv, capsys)
+    assert code == 0, err
+    assert "6 runs of 400 steps" in out and "scored at steps [100, 200, 400]" in out
+    for name in ("plain-seed0", "repa-seed0", "repa-stop-seed0", "plain-seed1", "repa-seed1", "repa-stop-seed1"):
+        assert f"{name}: output_dir" in out
+    assert "'repa_stop_step': 160" in out and "'repa_depth': 2" in out and "repa_features_dir" in out
+    assert not (tmp_path / "runs").exists()
+
+
+def test_steps_to_reach_interpolates_the_fd_curve():
+    runner = _load_script("repa_digits")
+    curve = [(100, 50.0), (200, 30.0), (400, 10.0)]
+    assert runner.steps_to_reach(curve, 20.0) == pytest.approx(300.0)
+    assert runner.steps_to_reach(curve, 60.0) == 100.0
+    assert runner.steps_to_reach(curve, 5.0) is None
+
+
+def test_feature_store_pickles_without_its_memory_maps(images, encoders, tmp_path):
+    import pickle
+
+    _, grey = images
+    out = _precompute(tmp_path, ["--vae", "none", "--resolution", "28", "--num_classes", "3",
+                                 "--repa_encoder", str(encoders["grey"])], dataset=grey)
+    store = repa.RepaFeatureStore(out)
+    store.check(num_rows=6)  # opens the maps
+    copy = pickle.loads(pickle.dumps(store))
+    assert copy._features is None and len(pickle.dumps(store)) < 2000
+    assert torch.equal(copy.get(5, True), store.get(5, True))
