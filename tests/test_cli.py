@@ -46,8 +46,8 @@ def test_console_script_is_declared() -> None:
     ("args", "message"),
     [
         (["--cfgg", "4"], "unrecognized arguments: --cfgg"),  # a typo is an error, not silently ignored
-        (["--mode", "ode", "--solver", "rk45"], "choose from dopri5, euler, heun"),
-        (["--mode", "sde", "--solver", "dopri5"], "choose from euler, heun"),
+        (["--mode", "ode", "--solver", "rk45"], "unknown --solver 'rk45' for --mode ode; choose from "),
+        (["--mode", "sde", "--solver", "dopri5"], "unknown --solver 'dopri5' for --mode sde; choose from "),
         (["--preset", "fast"], "unknown --preset 'fast'"),
         (["--preset", "paper-fid", "--solver", "euler"], "--preset excludes"),
         (["--solver", "rk45"], "for --mode ode"),
@@ -174,3 +174,25 @@ def test_without_class_the_embedded_model_draws_every_digit(capsys, tmp_path: Pa
     assert "cfg 1.5" in text  # the guidance scale saved with the embedded pipeline (its card's choice)
     grid = PIL.Image.open(out)
     assert grid.size == (4 * 28 + 3 * 2, 3 * 28 + 2 * 2)  # 10 tiles of 28 px in a 4-column grid
+
+
+@pytest.mark.parametrize("which", ["embedded", "tiny-folder"])
+def test_light_and_full_pipeline_print_and_write_the_same(capsys, model_dir: Path, tmp_path: Path, which: str) -> None:
+    """The torch-only path (default for saved pixel-space folders) and ``--full-pipeline``: the same line on
+    stdout and the same PNG bytes."""
+    if which == "embedded":
+        args, out = ["--steps", "3"], "grid.png"
+    else:
+        args, out = ["--model", str(model_dir), "--class", "dog", "--num-images", "3", "--mode", "sde"], "images"
+        from sit_diffusers.light import LightPipeline
+
+        assert LightPipeline.from_folder(model_dir).num_classes == 3  # so the first run below is the light path
+    args += ["--cfg", "2", "--seed", "3", "--batch-size", "2", "--quiet"]
+    results = []
+    for extra in ([], ["--full-pipeline"]):
+        target = tmp_path / extra[0].strip("-") if extra else tmp_path / "light"
+        code, text, _ = run_cli(args + extra + ["--out", str(target / out)], capsys)
+        files = sorted((target / out).rglob("*.png")) if (target / out).is_dir() else [target / out]
+        results.append((code, text.replace(str(target), "<out>"), [f.read_bytes() for f in files]))
+    assert results[0][0] == 0 and results[0] == results[1]
+    assert len(results[0][2]) == (1 if which == "embedded" else 3)

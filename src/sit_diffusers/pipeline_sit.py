@@ -14,7 +14,6 @@ official SiT/DiT ``forward_with_cfg``, whose later channels keep the conditional
 
 from __future__ import annotations
 
-import numbers
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -24,10 +23,7 @@ import numpy as np
 import PIL.Image
 import torch
 from diffusers import AutoencoderKL, DiffusionPipeline
-from diffusers.image_processor import VaeImageProcessor
 from diffusers.utils import BaseOutput, is_accelerate_available
-from diffusers.utils.torch_utils import randn_tensor
-from tqdm.auto import tqdm
 
 from .flow_schedulers import (
     FLOW_SCHEDULERS,
@@ -42,27 +38,36 @@ from .flow_schedulers import (
 )
 from .hub import HUB_KWARGS, resolve_pretrained_folder
 from .interpolants import get_interpolant
-from .labels import IMAGENET_NUM_CLASSES, ClassLabels, LabelResolver, imagenet_id2label, normalize_id2label
+from .labels import IMAGENET_NUM_CLASSES, ClassLabels, LabelResolver, imagenet_id2label
+from .light import FALLBACK_NUM_INFERENCE_STEPS as FALLBACK_NUM_INFERENCE_STEPS  # re-exported: sample_fid.py
+from .light import (
+    MODEL_SAMPLER_KEYS,
+    OUTPUT_TYPES,
+    NFECounter,
+    check_generator,
+    check_guidance,
+    check_id2label,
+    check_latents,
+    check_sample,
+    guided_model_fn,
+    resolve_num_inference_steps,
+    sampler_summary,
+    to_images,
+)
 from .lora import SiTLoraLoaderMixin, check_no_adapters
 from .modeling_sit import SiTTransformer2DModel
 from .remote_code import load_with_package_classes, save_pretrained_with_code
-from .scheduling_sit import SAMPLER_PRESETS, SiTSampler
+from .sampling import SAMPLER_PRESETS, randn
+from .scheduling_sit import SiTSampler
 from .validation import InputError, check_choice, check_finite_tensor, check_float, check_int
 
 OutputType = Literal["pil", "np", "pt", "latent"]
-OUTPUT_TYPES: tuple[str, ...] = ("pil", "np", "pt", "latent")
 #: ``image_type`` of ``__call__`` / ``invert``: an image in [0, 1], or latents in the model's space (as
 #: ``output_type="latent"`` returns them; pixel space without a VAE: [-1, 1]).
 IMAGE_TYPES: tuple[str, ...] = ("image", "latent")
 ImageInput = Union[PIL.Image.Image, list[PIL.Image.Image], np.ndarray, torch.Tensor]
 GeneratorArg = Union[torch.Generator, list[torch.Generator], None]
 ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-
-#: SiTSampler config keys that describe the trained model, not the sampling method: set_sampler keeps them.
-MODEL_SAMPLER_KEYS: tuple[str, ...] = ("path_type", "prediction", "train_eps", "vp_sigma_min", "vp_sigma_max")
-
-#: Steps when neither the call nor a preset gives them: the official ``sample.py --num-sampling-steps``.
-FALLBACK_NUM_INFERENCE_STEPS = 250
 
 #: SDEdit ``strength`` when an image is given without one (diffusers' ``StableDiffusionImg2ImgPipeline``).
 DEFAULT_STRENGTH = 0.8
@@ -97,21 +102,6 @@ class SiTInversionOutput(BaseOutput):
     latents: torch.Tensor
     nfe: int
     class_labels: list[int]
-
-
-class _NFECounter:
-    """Counts transformer evaluations (a guided batch counts once) on a tqdm bar; ``total=None``: unknown."""
-
-    def __init__(self, total: int | None, bar_config: Mapping[str, Any], desc: str) -> None:
-        self.bar = tqdm(total=total, **{"desc": desc, "unit": "nfe", **bar_config})
-        self.nfe = 0
-
-    def __call__(self) -> None:
-        self.nfe += 1
-        self.bar.update(1)
-
-    def close(self) -> None:
-        self.bar.close()
 
 
 class SiTPipeline(DiffusionPipeline, SiTLoraLoaderMixin):
@@ -151,7 +141,6 @@ class SiTPipeline(DiffusionPipeline, SiTLoraLoaderMixin):
             default_guidance_scale=default_guidance_scale,
         )
         self.set_id2label(id2label)
-        self.image_processor = VaeImageProcessor(do_resize=False, do_normalize=True)
 
     # ------------------------------------------------------------------ configuration
     @property
@@ -161,9 +150,7 @@ class SiTPipeline(DiffusionPipeline, SiTLoraLoaderMixin):
 
     def set_id2label(self, id2label: Mapping[int | str, str] | None) -> None:
         """Set the class names (kept in the pipeline config, so they survive ``save_pretrained``)."""
-        table = normalize_id2label(id2label)
-        if table is not None and any(not 0 <= k < self.num_classes for k in table):
-            raise InputError(f"id2label has ids outside 0..{self.num_classes - 1}: {sorted(table)[:8]}")
+        table = check_id2label(id2label, self.num_classes)
         self.register_to_config(id2label=None if table is None else {str(k): v for k, v in table.items()})
         self._labels = LabelResolver(self.num_classes, table)
 
@@ -281,45 +268,20 @@ class SiTPipeline(DiffusionPipeline, SiTLoraLoaderMixin):
                 ``lambda: pipe.guidance_scale``, so a step callback that sets ``pipe._guidance_scale`` changes
                 the guidance from the next step); each value read is checked as ``guidance_scale`` is.
         """
-        guidance_scale, k, (t_lo, t_hi) = self._check_guidance(guidance_scale, guidance_channels, guidance_interval)
-        transformer = self.transformer
-        null = torch.full_like(class_labels, self.num_classes)  # (N,)
+        guidance_scale, k, interval = self._check_guidance(guidance_scale, guidance_channels, guidance_interval)
         fixed_scale = guidance_scale
+        current_scale = None
+        if scale_source is not None:
 
-        def current_scale() -> float:
-            if scale_source is None:
-                return fixed_scale
-            scale = scale_source()
-            if scale != fixed_scale:  # changed by a callback: the same checks as at the door
-                scale = self._check_guidance(scale, guidance_channels, (t_lo, t_hi))[0]
-            return scale
+            def current_scale() -> float:
+                scale = scale_source()
+                if scale != fixed_scale:  # changed by a callback: the same checks as at the door
+                    scale = self._check_guidance(scale, guidance_channels, interval)[0]
+                return scale
 
-        def predict(x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-            # t stays float32: the model embeds it in float32 (a bf16 t would round 0.333 to 0.334)
-            out = transformer(x.to(transformer.dtype), t, y).sample
-            return out.to(torch.float32)
-
-        def model_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            n = x.shape[0]
-            t = torch.as_tensor(t, device=x.device, dtype=torch.float32).reshape(-1).expand(n)  # (N,)
-            if counter is not None:
-                counter()
-            scale = current_scale()
-            if scale == 1.0:
-                return predict(x, t, class_labels)  # (N, C, H, W)
-            inside = (t >= t_lo - 1e-7) & (t <= t_hi + 1e-7)  # (N,)
-            if not bool(inside.any()):
-                return predict(x, t, class_labels)  # (N, C, H, W)
-            both = predict(
-                torch.cat([x, x]), torch.cat([t, t]), torch.cat([class_labels, null])
-            )  # (2N, C, H, W)
-            cond, uncond = both.chunk(2)  # (N, C, H, W) each
-            mix = uncond + scale * (cond - uncond)  # (N, C, H, W)
-            if k is not None:
-                mix = torch.cat([mix[:, :k], cond[:, k:]], dim=1)  # (N, C, H, W)
-            return torch.where(inside[:, None, None, None], mix, cond)  # (N, C, H, W)
-
-        return model_fn
+        transformer = self.transformer
+        return guided_model_fn(lambda x, t, y: transformer(x, t, y).sample, transformer.dtype, class_labels,
+                               self.num_classes, guidance_scale, k, interval, counter, current_scale)
 
     # ------------------------------------------------------------------ checks at the door
     def _check_guidance(
@@ -327,28 +289,9 @@ class SiTPipeline(DiffusionPipeline, SiTLoraLoaderMixin):
     ) -> tuple[float, int | None, tuple[float, float]]:
         """``(scale, k or None for all channels, (t_lo, t_hi))`` after checking each; ``InputError`` names the
         bad one. ``k`` must be in ``[1, C]`` (C: the transformer's predicted channels)."""
-        scale = check_float("guidance_scale", guidance_scale, minimum=0.0)
-        channels = int(self.transformer.config.in_channels)
-        k = None
-        if not (isinstance(guidance_channels, str) and guidance_channels == "all"):
-            if isinstance(guidance_channels, str) or isinstance(guidance_channels, bool) or not isinstance(
-                guidance_channels, numbers.Integral
-            ):
-                raise InputError(f"guidance_channels must be 'all' or an int in [1, {channels}], got {guidance_channels!r}")
-            k = check_int("guidance_channels", guidance_channels, minimum=1, maximum=channels)
-        if isinstance(guidance_interval, (str, bytes)) or not isinstance(guidance_interval, Sequence) \
-                or len(guidance_interval) != 2:
-            raise InputError(f"guidance_interval must be a pair (lo, hi) with 0 <= lo <= hi <= 1, got {guidance_interval!r}")
-        t_lo = check_float("guidance_interval lo", guidance_interval[0], minimum=0.0, maximum=1.0)
-        t_hi = check_float("guidance_interval hi", guidance_interval[1], minimum=0.0, maximum=1.0)
-        if t_lo > t_hi:
-            raise InputError(f"guidance_interval must satisfy 0 <= lo <= hi <= 1, got {tuple(guidance_interval)!r}")
-        if scale != 1.0 and self.transformer.config.class_dropout_prob <= 0:
-            raise InputError(
-                f"guidance_scale={scale} needs the null class, but this transformer was built with "
-                "class_dropout_prob=0 (no null-class embedding); use guidance_scale=1.0"
-            )
-        return scale, k, (t_lo, t_hi)
+        cfg = self.transformer.config
+        return check_guidance(guidance_scale, guidance_channels, guidance_interval,
+                              channels=int(cfg.in_channels), has_null=cfg.class_dropout_prob > 0)
 
     def check_inputs(
         self,
@@ -365,26 +308,10 @@ class SiTPipeline(DiffusionPipeline, SiTLoraLoaderMixin):
         check_choice("output_type", output_type, OUTPUT_TYPES)
         if not isinstance(return_dict, bool):
             raise InputError(f"return_dict must be True or False, got {return_dict!r}")
-        if generator is not None:
-            gens = generator if isinstance(generator, list) else [generator]
-            bad = [g for g in gens if not isinstance(g, torch.Generator)]
-            if bad:
-                raise InputError(
-                    f"generator must be a torch.Generator or a list of them, got {type(bad[0]).__name__}"
-                )
-            if isinstance(generator, list) and len(generator) != batch_size:
-                raise InputError(
-                    f"got {len(generator)} generators for {batch_size} images; pass one per image"
-                )
+        check_generator(generator, batch_size)
         if latents is not None:
             cfg = self.transformer.config
-            shape = (batch_size, cfg.in_channels, cfg.sample_size, cfg.sample_size)
-            if not isinstance(latents, torch.Tensor) or not latents.is_floating_point():
-                raise InputError(f"latents must be a floating-point tensor of shape {shape}, got {type(latents).__name__}"
-                                 + (f" of dtype {latents.dtype}" if isinstance(latents, torch.Tensor) else ""))
-            if tuple(latents.shape) != shape:
-                raise InputError(f"latents have shape {tuple(latents.shape)}, expected {shape}")
-            check_finite_tensor("latents", latents, "the initial noise given as `latents` must be finite", InputError)
+            check_latents(latents, (batch_size, cfg.in_channels, cfg.sample_size, cfg.sample_size))
         if callback_on_step_end is not None and not callable(callback_on_step_end):
             raise InputError(f"callback_on_step_end must be callable, got {type(callback_on_step_end).__name__}")
         if isinstance(callback_on_step_end_tensor_inputs, str):
@@ -415,7 +342,7 @@ class SiTPipeline(DiffusionPipeline, SiTLoraLoaderMixin):
             return latents.to(device=device, dtype=torch.float32)
         if isinstance(generator, list) and len(generator) != batch_size:
             raise InputError(f"got {len(generator)} generators for {batch_size} images; pass one per image")
-        return randn_tensor(shape, generator=generator, device=device, dtype=torch.float32)  # (N, C, S, S)
+        return randn(shape, generator, device, torch.float32)  # (N, C, S, S), as diffusers' randn_tensor
 
     def decode(self, latents: torch.Tensor, output_type: OutputType) -> Any:
         """Final sample -> images: ``latents / scaling_factor`` through the VAE (if any), [-1, 1] -> [0, 1]."""
@@ -432,9 +359,7 @@ class SiTPipeline(DiffusionPipeline, SiTLoraLoaderMixin):
                                 "check the VAE weights and its dtype (float16 VAEs can overflow)")
         else:
             images = latents
-        if output_type == "pil" and images.shape[1] not in (1, 3):
-            raise InputError(f"cannot make PIL images from {images.shape[1]} channels; use output_type='pt'")
-        return self.image_processor.postprocess(images.clamp(-1, 1), output_type=output_type)
+        return to_images(images, output_type)
 
     @property
     def guidance_scale(self) -> float | None:
@@ -455,10 +380,7 @@ class SiTPipeline(DiffusionPipeline, SiTLoraLoaderMixin):
         return 1.0 if value is None else float(value)
 
     def _resolve_steps(self, num_inference_steps: int | None) -> int:
-        if num_inference_steps is None:
-            num_inference_steps = self.config.default_num_inference_steps
-        if num_inference_steps is None:
-            num_inference_steps = FALLBACK_NUM_INFERENCE_STEPS
+        num_inference_steps = resolve_num_inference_steps(num_inference_steps, self.config.default_num_inference_steps)
         if isinstance(self.scheduler, SiTSampler):
             return self.scheduler.check_num_inference_steps(num_inference_steps)
         return check_int("num_inference_steps", num_inference_steps, minimum=1)
@@ -476,9 +398,7 @@ class SiTPipeline(DiffusionPipeline, SiTLoraLoaderMixin):
         """``"ode heun, 10 steps"`` / ``"UniPCMultistepScheduler (shift 1.0), 10 steps"``, for messages."""
         if not isinstance(self.scheduler, SiTSampler):
             return f"{describe(self.scheduler)}, {steps} steps"
-        cfg = self.scheduler.config
-        return f"{cfg.mode} {cfg.solver}, {steps} steps" + (
-            f", diffusion {cfg.diffusion_form}" if cfg.mode == "sde" else "")
+        return sampler_summary(self.scheduler.config, steps)
 
     @staticmethod
     def _check_strength(image: Any, strength: Any) -> float:
@@ -692,7 +612,7 @@ class SiTPipeline(DiffusionPipeline, SiTLoraLoaderMixin):
             x0 = (get_interpolant("linear").compute_xt(x0, x1, t) if flow
                   else self.scheduler.add_noise(x1, x0, t))  # (N, C, S, S)
 
-        counter = _NFECounter(total, getattr(self, "_progress_bar_config", {}), "SiT sampling")
+        counter = NFECounter(total, getattr(self, "_progress_bar_config", {}), "SiT sampling")
         self._guidance_scale = float(guidance_scale)
         self._num_timesteps = run_steps
         model_fn = self.guided_model_fn(
@@ -729,12 +649,7 @@ class SiTPipeline(DiffusionPipeline, SiTLoraLoaderMixin):
                                                strength=strength).sample
         finally:
             counter.close()
-        check_finite_tensor(
-            "the sampled latents", sample,
-            f"likely causes: non-finite transformer weights or a float16 overflow (dtype "
-            f"{self.transformer.dtype}), guidance_scale={guidance_scale}, or sampler settings that diverge "
-            f"({self._sampler_summary(steps)}): try more steps or another preset",
-        )  # (N, C, S, S): one device sync
+        check_sample(sample, self.transformer.dtype, guidance_scale, self._sampler_summary(steps))  # one device sync
         images = self.decode(sample, output_type)
         self.maybe_free_model_hooks()
         if not return_dict:
@@ -792,7 +707,7 @@ class SiTPipeline(DiffusionPipeline, SiTLoraLoaderMixin):
         x1 = self._match_batch(x1, batch, "image")
 
         reverse = type(sampler).from_config(sampler.config, reverse=True)
-        counter = _NFECounter(reverse.num_model_evaluations(steps), getattr(self, "_progress_bar_config", {}),
+        counter = NFECounter(reverse.num_model_evaluations(steps), getattr(self, "_progress_bar_config", {}),
                               "SiT inversion")
         y = torch.tensor(ids, device=device, dtype=torch.long)  # (N,)
         model_fn = self.guided_model_fn(y, guidance_scale, guidance_channels, guidance_interval, counter=counter)
