@@ -61,8 +61,10 @@ def _presets() -> dict[str, dict[str, Any]]:
 
 
 def _solvers(mode: str) -> list[str]:
-    """The ``--solver`` names of ``--mode``: the presets named ``{mode}-{solver}``."""
-    return sorted(n.split("-", 1)[1] for n in _presets() if n.startswith(mode + "-"))
+    """The ``--solver`` names of ``--mode``: the solvers of the presets named ``{mode}-{solver}`` (so a
+    preset such as ``ode-fast``, an AB3 sampler, is not offered as a solver called ``fast``)."""
+    return sorted(spec["config"]["solver"] for name, spec in _presets().items()
+                  if name == f"{mode}-{spec['config']['solver']}")
 
 
 def _preset_summary() -> str:
@@ -454,7 +456,9 @@ def _generate(argv: Sequence[str]) -> int:
         f"{i} ({names[i].split(',')[0]})" if i in names else str(i) for i in sorted(set(labels))
     )
     saved = pipe.scheduler.config
-    sampler = preset or f"saved sampler {saved['mode']}-{saved['solver']}"
+    grid = saved.get("time_grid", "uniform")
+    sampler = preset or f"saved sampler {saved['mode']}-{saved['solver']}" + (
+        "" if grid == "uniform" else f" on a {grid} time grid")
     print(f"wrote {n} images ({sampler}, cfg {cfg}) to {args.out}; classes: {summary}")
     return 0
 

@@ -147,8 +147,10 @@ def resolve_num_inference_steps(num_inference_steps: Any, saved_default: Any) ->
 
 def sampler_summary(config: Mapping[str, Any], steps: int) -> str:
     """``"ode heun, 10 steps"`` (``", diffusion sigma"`` for an SDE) for messages, from a SiTSampler config."""
+    grid = config.get("time_grid", "uniform")
     return f"{config['mode']} {config['solver']}, {steps} steps" + (
-        f", diffusion {config['diffusion_form']}" if config["mode"] == "sde" else "")
+        f", diffusion {config['diffusion_form']}" if config["mode"] == "sde" else "") + (
+        "" if grid == "uniform" else f", {grid} time grid")
 
 
 def check_sample(sample: Tensor, dtype: torch.dtype, guidance_scale: float, summary: str) -> None:
