@@ -11,6 +11,7 @@ import json
 import sys
 
 import pytest
+import torch
 from conftest import REPO_ROOT
 
 sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
@@ -26,8 +27,8 @@ TINY = ["--hidden-size", "16", "--depth", "1", "--num-heads", "2", "--patch-size
 def walk_runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("walk")
     for variant in ("dit", "sit"):
-        train_digits.main(["--device", "cpu", "--loop", "vectorised", "--variant", variant, "--steps", "3",
-                           "--batch-size", "8", "--warmup", "1", "--out", str(root / variant), *TINY])
+        assert train_digits.main(["--device", "cpu", "--variant", variant, "--steps", "3", "--batch-size", "8",
+                                  "--warmup", "1", "--workers", "0", "--out", str(root / variant), *TINY]) == 0
     return root
 
 
@@ -62,6 +63,77 @@ def test_only_filters_rows(walk_runs, tmp_path):
     assert [r["name"] for r in rows[1:]] == ["sit: ODE Heun 25"]
 
 
-def test_install_refuses_a_non_embedded_size(tmp_path):
-    with pytest.raises(SystemExit):
-        train_digits.main(["--device", "cpu", "--out", str(tmp_path), "--install", *TINY])
+def test_train_digits_goes_through_the_trainer(walk_runs):
+    info = json.loads((walk_runs / "sit" / "training.json").read_text())
+    assert info["trainer"] == "training/train_sit.py" and info["mixed_precision"] == "no"
+    assert (walk_runs / "sit" / "checkpoints" / "checkpoint-0000003" / "train_state.json").is_file()
+    assert not hasattr(train_digits, "train_vectorised")  # one training loop
+
+
+def test_install_takes_the_installed_sampler_and_defaults(walk_runs, tmp_path):
+    """--install keeps the sampler and pipeline defaults of the model installed now (read, not hard-coded)."""
+    from sit_diffusers.pipeline_sit import SiTPipeline
+
+    source = tmp_path / "installed"
+    (source / "scheduler").mkdir(parents=True)
+    sampler = json.loads((train_digits.EMBEDDED_DIR / "scheduler" / "scheduler_config.json").read_text())
+    sampler["solver"] = "euler"  # as if helper A had changed the default sampler
+    (source / "scheduler" / "scheduler_config.json").write_text(json.dumps(sampler))
+    index = json.loads((train_digits.EMBEDDED_DIR / "model_index.json").read_text())
+    index["default_num_inference_steps"] = 7
+    (source / "model_index.json").write_text(json.dumps(index))
+    dest = tmp_path / "sit-digits"
+    train_digits.install(walk_runs / "sit" / "pipeline", dest, {"steps": 3}, defaults_from=source)
+    pipe = SiTPipeline.from_pretrained(str(dest))
+    assert pipe.scheduler.config.solver == "euler" and pipe.config.default_num_inference_steps == 7
+    for key, value in index.items():
+        if key.startswith("default_"):
+            assert pipe.config[key] == value
+    from safetensors.torch import load_file
+
+    weights = load_file(dest / "transformer" / "diffusion_pytorch_model.safetensors")
+    assert all(v.dtype == torch.float16 for v in weights.values()) and pipe.id2label[3] == "3"
+    assert json.loads((dest / "training.json").read_text()) == {"steps": 3}
+
+
+BAD_FLAGS = [
+    (["--steps", "0"], "--steps must be >= 1, got 0"),
+    (["--batch-size", "-2"], "--batch-size must be >= 1, got -2"),
+    (["--lr", "0"], "--lr must be > 0.0, got 0.0"),
+    (["--lr", "nan"], "--lr must be finite"),
+    (["--ema", "1.5"], "--ema must be <= 1.0, got 1.5"),
+    (["--warmup", "-1"], "--warmup must be >= 0, got -1"),
+    (["--workers", "-1"], "--workers must be >= 0, got -1"),
+    (["--threads", "0"], "--threads must be >= 1, got 0"),
+    (["--seed", "-3"], "--seed must be >= 0, got -3"),
+    (["--checkpointing-steps", "0"], "--checkpointing-steps must be >= 1, got 0"),
+    (["--hidden-size", "10", "--num-heads", "3"], "--hidden-size 10 must be a multiple of --num-heads 3"),
+    (["--patch-size", "5"], "--patch-size 5 must divide the 28 px side"),
+    (["--install", *TINY], "--install ships the embedded architecture"),
+    (["--install", "--variant", "dit"], "--install ships the embedded SiT (--variant sit), got --variant dit"),
+    (["--install", "--repa-encoder", "x"], "--install with --repa-encoder"),
+    (["--repa-coeff", "0.5"], "--repa-coeff set without --repa-encoder"),  # the default value, given: refused too
+    (["--repa-encoder", "x", "--repa-depth", "9"], "--repa-depth must be in [1, 6]"),
+    (["--compile", "max"], None),  # argparse: invalid choice
+    (["--steps", "2.5"], None),  # argparse: invalid int value
+]
+
+
+@pytest.mark.parametrize(("argv", "message"), BAD_FLAGS, ids=[" ".join(a) for a, _ in BAD_FLAGS])
+def test_bad_flags_exit_2_before_any_work(argv, message, tmp_path, capsys):
+    """Each bad flag: exit 2, one line naming the flag and the value, no run folder, the shipped model untouched."""
+    out = tmp_path / "out"
+    shipped = {p: p.stat().st_mtime_ns for p in train_digits.EMBEDDED_DIR.rglob("*")}
+    try:
+        status = train_digits.main(["--device", "cpu", "--out", str(out), *argv])
+    except SystemExit as exit_:  # argparse's own errors (type and choice) exit 2 with its usage line
+        status = exit_.code
+    err = capsys.readouterr().err
+    assert status == 2, err
+    if message is not None:
+        lines = [line for line in err.splitlines() if line.startswith("train_digits.py: error:")]
+        assert len(lines) == 1 and message in lines[0] and "Traceback" not in err, err
+    else:
+        assert "error: argument" in err and argv[1] in err
+    assert not out.exists()
+    assert {p: p.stat().st_mtime_ns for p in train_digits.EMBEDDED_DIR.rglob("*")} == shipped

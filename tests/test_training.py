@@ -7,6 +7,8 @@ clearly without overwriting anything; pixel-space training from an in-memory 1-c
 Issue 12: resume never unpickles (pickle payloads are refused unread); a NaN/inf step stops the run and a
 full disk fails the save cleanly, both keeping the last checkpoint, and resuming after either is exact;
 changed settings are refused on resume unless allowed; labels are checked against num_classes.
+Issue 14: the same checks hold with the per-step batched draws (the 2-process, resume and latents tests), and
+FSDP on CPU, which accelerate cannot run, is refused before anything is written.
 (The table of bad command lines is tests/test_training_inputs.py.)
 """
 
@@ -271,6 +273,33 @@ def test_two_cpu_processes_match_one(assets: Path, straight: Path, tmp_path: Pat
     two = load_checkpoint(ckpt)
     one = load_checkpoint(straight / "checkpoints" / "checkpoint-0000002")  # 1 process x 2 micro-steps x 2
     assert_states_equal(two, one, atol=1e-5)
+
+
+@pytest.mark.parametrize("sync_module_states", [True, False])
+def test_fsdp_on_cpu_is_refused_before_anything_is_written(
+    assets: Path, tmp_path: Path, sync_module_states: bool,
+) -> None:
+    """Issue 14 item 4: the shipped FSDP config, on 2 CPU processes (gloo), cannot train here. accelerate builds
+    its FSDP plugin for an accelerator device only: with ``fsdp_sync_module_states`` (as shipped) it raises; without
+    it every rank silently becomes a 1-process run (both would train alone into one folder). Both are refused
+    with one line, nothing written."""
+    import yaml
+
+    config = yaml.safe_load((REPO / "training" / "configs" / "accelerate_fsdp.yaml").read_text())
+    config.update(num_processes=2, mixed_precision="no", use_cpu=True)
+    config["fsdp_config"]["fsdp_sync_module_states"] = sync_module_states
+    (tmp_path / "fsdp_cpu.yaml").write_text(yaml.safe_dump(config))
+    cfg_file = tmp_path / "run.json"
+    cfg_file.write_text(json.dumps(tiny(assets, tmp_path / "fsdp", max_train_steps=2).to_dict()))
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(tmp_path / "fsdp_cpu.yaml"),
+           "--main_process_port", str(_free_port()), str(REPO / "training" / "train_sit.py"), "--config", str(cfg_file)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""})
+    assert proc.returncode != 0
+    errors = {line for line in proc.stderr.splitlines() if line.startswith("train_sit.py: error:")}
+    expect = "accelerate could not set up" if sync_module_states else "launched as 2 processes (WORLD_SIZE)"
+    assert len(errors) == 1 and expect in errors.pop() and "ACCELERATE_USE_CPU=1" in proc.stderr, proc.stderr[-3000:]
+    assert not (tmp_path / "fsdp").exists()
 
 
 def test_precomputed_latents_train_like_on_the_fly(assets: Path, straight: Path, tmp_path: Path) -> None:

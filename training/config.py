@@ -181,10 +181,33 @@ class TrainConfig:
     """Allow TF32 matmuls on Ampere+ GPUs."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass (less memory, more compute; same result)."""
-    torch_compile: bool = False
-    """torch.compile the model."""
+    compile: Literal["none", "full", "regional"] = "none"
+    """torch.compile the transformer: full (the whole forward, one graph) or regional (each SiT block, compiled
+    once and reused: faster to warm up); none runs eagerly. Same weights and draws either way."""
+    random_draws: Literal["per-step"] = "per-step"
+    """How each step's randomness is drawn: per-step = one generator per (seed, optimiser step, stream) draws the
+    whole global batch's posterior eps, noise, times and label drops, and every micro-batch takes its rows
+    (docs/training.md#determinism). Checkpoints written before it (per-sample generators) lack this field and
+    resume only with --allow_config_change, continuing with these draws."""
     seed: int = 0
-    """Seed of the run, in [0, 2**32 - 1]: weights init, data order, every per-sample draw."""
+    """Seed of the run, in [0, 2**32 - 1]: weights init, data order, every random draw."""
+
+    # ------------------------------------------------------------------ REPA
+    repa_encoder: str | None = None
+    """REPA (Yu et al. 2024): a transformers vision backbone (Hub id or local folder, loaded with AutoModel) whose
+    patch features the hidden state after block --repa_depth is aligned to; none = plain SiT training."""
+    repa_depth: int = 8
+    """REPA: align the output of this SiT block (1-based, <= the model's depth; the paper: 8 of SiT-XL's 28)."""
+    repa_coeff: float = 0.5
+    """REPA: weight lambda of the alignment loss added to the SiT loss (> 0)."""
+    repa_projector_dim: int = 2048
+    """REPA: hidden width of the MLP projector (Linear-SiLU-Linear-SiLU-Linear) from the SiT width to the
+    encoder's (>= 1)."""
+    repa_stop_step: int | None = None
+    """REPA: optimiser step after which the alignment term and its cost are gone (HASTE; >= 1); none = never."""
+    repa_features_dir: str | None = None
+    """REPA: encoder features precomputed by precompute_latents.py --repa_encoder (repa.json), read instead of
+    running the encoder; none = --latents_dir when it holds them, else the encoder runs on the images."""
 
     # --------------------------------------------------------------- outputs
     output_dir: str = "sit-output"
@@ -264,6 +287,36 @@ class TrainConfig:
         if self.streaming and self.latents_dir is not None:
             raise ConfigError("--streaming reads images; --latents_dir is a local map-style folder: use one")
         self._check_lora()
+        self._check_repa()
+
+    def _check_repa(self) -> None:
+        """The REPA flags on their own (the encoder, the depth against the model and the features folder:
+        ``train_sit.check_repa``)."""
+        if self.repa_encoder is None:
+            unused = [flag for flag, given in (
+                ("--repa_depth", self.repa_depth != 8), ("--repa_coeff", self.repa_coeff != 0.5),
+                ("--repa_projector_dim", self.repa_projector_dim != 2048),
+                ("--repa_stop_step", self.repa_stop_step is not None),
+                ("--repa_features_dir", self.repa_features_dir is not None)) if given]
+            if unused:
+                raise ConfigError(f"{', '.join(unused)} set without --repa_encoder: they configure REPA; pass "
+                                  "--repa_encoder (a transformers vision model) or drop them")
+            return
+        if not self.repa_encoder.strip():
+            raise ConfigError("--repa_encoder must not be empty (a Hub id or a folder; none turns REPA off)")
+        if self.repa_features_dir is not None and not self.repa_features_dir.strip():
+            raise ConfigError("--repa_features_dir must not be empty")
+        for name in ("repa_depth", "repa_projector_dim"):
+            _check(_int_at_least, self, name, 1)
+        if self.repa_stop_step is not None:
+            _check(_int_at_least, self, "repa_stop_step", 1)
+        _check(_float_in, self, "repa_coeff", 0.0, None, False)
+        if self.lora_rank is not None:
+            raise ConfigError(f"--repa_encoder with --lora_rank {self.lora_rank} is not supported (REPA trains the "
+                              "SiT's hidden states; LoRA keeps the base frozen): use one")
+        if self.streaming and self.repa_features_dir is not None:
+            raise ConfigError("--repa_features_dir rows follow a map-style dataset; --streaming has none: drop one "
+                              "(streaming runs the encoder on the images)")
 
     def _check_lora(self) -> None:
         """The fine-tuning and LoRA flags on their own and together (the pretrained model itself:
@@ -342,11 +395,15 @@ RESUME_FREE_FIELDS = frozenset({
     # how long (see config_changes for schedules that depend on it)
     "max_train_steps",
     # speed and memory only: the same samples, draws and updates
-    "dataloader_num_workers", "cache_dir", "gradient_checkpointing", "torch_compile", "allow_tf32",
+    "dataloader_num_workers", "cache_dir", "gradient_checkpointing", "compile", "allow_tf32",
     "gradient_accumulation_steps",
 })
 """Fields a resumed run may change freely. Every other field (model, objective, data, VAE, optimiser, EMA,
 precision, seed, global batch) must match the checkpoint unless ``--allow_config_change``."""
+
+LEGACY_VALUES: dict[str, Any] = {"random_draws": "per-sample"}
+"""What a checkpoint's config that lacks these fields was trained with (instead of today's default):
+``random_draws`` came with the per-step draws; before, every sample had its own generator."""
 
 
 def config_changes(saved: dict[str, Any], cfg: TrainConfig) -> list[str]:
@@ -357,12 +414,14 @@ def config_changes(saved: dict[str, Any], cfg: TrainConfig) -> list[str]:
     guarded = set(now) - RESUME_FREE_FIELDS
     if cfg.lr_scheduler in ("linear", "cosine") or saved.get("lr_scheduler") in ("linear", "cosine"):
         guarded.add("max_train_steps")
-    defaults = {f.name: _default_value(f) for f in dataclasses.fields(TrainConfig)}
+    defaults = {f.name: _default_value(f) for f in dataclasses.fields(TrainConfig)} | LEGACY_VALUES
     changes = []
     for name in sorted(guarded):
         old = saved.get(name, defaults[name])  # a field newer than the checkpoint: its default
         if old != now[name]:
-            changes.append(f"--{name}: {old!r} -> {now[name]!r}")
+            why = (" (a checkpoint from before the per-step draws: it continues with them only with "
+                   "--allow_config_change)" if name == "random_draws" else "")
+            changes.append(f"--{name}: {old!r} -> {now[name]!r}{why}")
     return changes
 
 

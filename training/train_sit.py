@@ -7,9 +7,17 @@
 The defaults are the paper's recipe (see ``training/config.py``). Read top to bottom:
 checks -> data -> models -> resume -> loop (micro-batches, optimiser, EMA, logs, checkpoints, samples) ->
 pipeline. Every input is checked before any data is read or any file written (``check_config``,
-``resolve_resume``). Determinism: every per-sample random draw comes from a generator seeded by
-``(seed, stream position)`` (``training/data.py``), so a run is a function of ``(config, step)`` only:
-resuming reproduces the uninterrupted run bit for bit, and the process count does not change the batches.
+``resolve_resume``). Determinism: a step reads the stream positions ``[s B, (s + 1) B)`` (``training/data.py``)
+and draws its randomness (posterior eps, noise, times, label drops) for the whole global batch from one
+generator per ``(seed, step, stream)`` (:class:`StepDraws`); each micro-batch takes its rows. So a run is a
+function of ``(config, step)`` only: resuming reproduces the uninterrupted run bit for bit, and the process
+count or accumulation split does not change the batches or the draws.
+
+REPA (``--repa_encoder``, Yu et al. 2024): the hidden state after block ``--repa_depth`` (a forward hook,
+``training/repa.py``; the plain forward is untouched) goes through a projector and is aligned to a frozen
+``transformers`` encoder's patch features (computed on the fly or precomputed); the projector trains with
+the SiT (one AdamW, saved in ``model.safetensors`` under ``repa_projector.``), is not EMA'd, and never
+reaches the pipeline. After ``--repa_stop_step`` the hook is removed and the encoder is no longer called.
 
 Checkpoints are this trainer's own format, read with ``safetensors`` and ``json`` only (never pickle, so a
 checkpoint folder from elsewhere cannot run code): weights and optimiser tensors as safetensors, everything
@@ -26,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import difflib
 import hashlib
 import inspect
@@ -64,7 +73,6 @@ from training.checkpoints import (  # noqa: E402
 )
 from training.config import ConfigError, TrainConfig, parse_config  # noqa: E402
 from training.data import (  # noqa: E402
-    STREAM_SAMPLE,
     DataError,
     ImageDataset,
     LatentDataset,
@@ -74,12 +82,12 @@ from training.data import (  # noqa: E402
     check_image_dataset,
     load_image_dataset,
     moments_to_latents,
-    sample_generator,
+    sample_seed,
 )
 
 __all__ = [
     "train", "main", "check_config", "micro_batch_loss", "save_checkpoint", "resolve_resume",
-    "validate_checkpoint", "read_checkpoint", "sample_draws", "update_ema", "CheckpointWriteError",
+    "validate_checkpoint", "read_checkpoint", "StepDraws", "update_ema", "CheckpointWriteError",
     "Pretrained", "check_pretrained", "load_pretrained", "add_lora", "AdapterEMA", "save_lora",
 ]
 
@@ -170,7 +178,28 @@ def check_config(cfg: TrainConfig) -> Pretrained | None:
         check_writable_dir("--output_dir", cfg.output_dir)
     except InputError as err:
         raise ConfigError(str(err)) from None
+    check_repa(cfg)
     return check_pretrained(cfg)
+
+
+def check_compile(cfg: TrainConfig, device: torch.device) -> None:
+    """``--compile`` can run here: dynamo supports this Python, and on CPU inductor finds a C++ compiler (the
+    first compiled step would otherwise fail after the data was read). Raises ``ConfigError``."""
+    if cfg.compile == "none":
+        return
+    import torch._dynamo
+
+    if not torch._dynamo.is_dynamo_supported():
+        raise ConfigError(f"--compile {cfg.compile}: torch.compile is not supported by this Python / torch "
+                          f"({sys.version.split()[0]}, torch {torch.__version__}); pass --compile none")
+    if device.type == "cpu":
+        from torch._inductor.cpp_builder import get_cpp_compiler
+
+        try:
+            get_cpp_compiler()
+        except Exception as err:  # noqa: BLE001 - any failure to find one means inductor cannot build kernels
+            raise ConfigError(f"--compile {cfg.compile} on CPU needs a C++ compiler for inductor (g++, clang++ or "
+                              f"$CXX): {err}; install one or pass --compile none") from None
 
 
 def _check_side(cfg: TrainConfig, side: int, what: str) -> None:
@@ -436,6 +465,175 @@ class AdapterEMA:
 
 
 # ===========================================================================
+# REPA: the encoder or its precomputed features, the projector, the alignment term
+# ===========================================================================
+
+
+def repa_features_dir(cfg: TrainConfig) -> str | None:
+    """The folder of precomputed REPA features the run reads: ``--repa_features_dir``, else ``--latents_dir``
+    when it holds them (``repa.json``); ``None``: the encoder runs on the images of each batch."""
+    from training.repa import REPA_META_FILE
+
+    if cfg.repa_encoder is None:
+        return None
+    if cfg.repa_features_dir is not None:
+        return cfg.repa_features_dir
+    if cfg.latents_dir is not None and (Path(cfg.latents_dir) / REPA_META_FILE).is_file():
+        return cfg.latents_dir
+    return None
+
+
+def check_repa(cfg: TrainConfig) -> None:
+    """REPA checks that need the model registry or the features' ``repa.json`` (the encoder itself is loaded
+    in :func:`train`'s checks, before any data): ``--repa_depth`` within the model's blocks, features for a
+    latents run (which has no images to encode), features made by ``--repa_encoder`` at ``--resolution``."""
+    if cfg.repa_encoder is None:
+        return
+    from training.repa import RepaFeaturesMeta, check_repa_depth
+
+    try:
+        check_repa_depth(cfg.repa_depth, num_blocks=model_arguments(cfg)["depth"], flag="--repa_depth")
+    except InputError as err:
+        raise ConfigError(f"{err} (--model {cfg.model})") from None
+    folder = repa_features_dir(cfg)
+    if folder is None:
+        if cfg.latents_dir is not None:
+            raise ConfigError(f"--repa_encoder with --latents_dir {cfg.latents_dir}: the latents hold no REPA features "
+                              "(no repa.json) and a latents run has no images to encode; precompute them with "
+                              "precompute_latents.py --repa_encoder ..., or give --repa_features_dir")
+        return
+    flag = "--repa_features_dir" if cfg.repa_features_dir is not None else "--latents_dir"
+    try:
+        meta = RepaFeaturesMeta.read(folder)
+    except DataError as err:
+        raise ConfigError(f"{flag} {folder}: {err}") from None
+    if meta.encoder != cfg.repa_encoder:
+        raise ConfigError(f"{flag} {folder}: its REPA features come from encoder {meta.encoder!r}, not --repa_encoder "
+                          f"{cfg.repa_encoder!r}")
+    if meta.resolution != cfg.resolution:
+        raise ConfigError(f"{flag} {folder}: its REPA features were computed at {meta.resolution} px, not --resolution "
+                          f"{cfg.resolution}")
+
+
+def _check_repa_resume(resume: Path | None, cfg: TrainConfig) -> None:
+    """A checkpoint with a REPA projector and a run without one (or the reverse) hold different trainables."""
+    if resume is None:
+        return
+    saved = json.loads((resume / "train_state.json").read_text())["config"]
+    if (saved.get("repa_encoder") is None) != (cfg.repa_encoder is None):
+        held = "holds a REPA projector" if saved.get("repa_encoder") is not None else "holds no REPA projector"
+        runs = "trains one (--repa_encoder)" if cfg.repa_encoder is not None else "trains none"
+        raise ConfigError(f"--resume_from_checkpoint {resume} {held}, but this run {runs}: they cannot be resumed "
+                          "into each other (not even with --allow_config_change); to end the alignment early keep "
+                          "the REPA flags and set --repa_stop_step")
+
+
+def _labels_of(data: DataSource, cfg: TrainConfig) -> np.ndarray:
+    """The labels of a map-style data source in row order (a column read: no image decoded)."""
+    inner = data.dataset
+    if isinstance(inner, LatentDataset):
+        return np.asarray(inner.labels)
+    rows = inner.dataset
+    if getattr(rows, "column_names", None) is not None:
+        return np.asarray(rows[cfg.label_column])
+    return np.asarray([int(row[cfg.label_column]) for row in rows])
+
+
+@dataclass
+class Repa:
+    """The REPA parts of a run: the frozen encoder (``None`` with precomputed features), the projector (trained,
+    saved with the model, not EMA'd, never in the pipeline) and the hook that exposes block ``depth``'s output
+    while the alignment is on (steps ``< stop_step``)."""
+
+    encoder: Any | None
+    projector: torch.nn.Module
+    depth: int
+    coeff: float
+    stop_step: int | None
+    grid: tuple[int, int]
+    capture: Any | None = None
+
+    def active(self, step: int) -> bool:
+        """Whether optimiser step ``step`` (0-based) aligns: it is one of the first ``stop_step``."""
+        return self.stop_step is None or step < self.stop_step
+
+    def attach(self, transformer: Any) -> None:
+        from training.repa import attach_hidden_capture
+
+        if self.capture is None:
+            self.capture = attach_hidden_capture(transformer, self.depth)
+
+    def stop(self) -> None:
+        """Remove the hook and drop the encoder: the forward is the plain one and nothing of REPA runs."""
+        if self.capture is not None:
+            self.capture.remove()
+            self.capture = None
+        self.encoder = None
+
+    def loss(self, accelerator: Any, batch: dict[str, Any]) -> torch.Tensor:
+        """``mean_tokens -cos(y*, h_phi(h))`` of the micro-batch whose forward just ran (a scalar)."""
+        from training.repa import repa_loss, repa_targets
+
+        hidden = self.capture.pop()  # (n, T, D_sit)
+        with torch.no_grad():
+            target = repa_targets(batch, self.grid, encoder=self.encoder).to(hidden.device)  # (n, T, D_enc)
+        with accelerator.autocast():
+            projected = self.projector(hidden)  # (n, T, D_enc)
+        return repa_loss(projected, target)
+
+
+class _WithProjector(torch.nn.Module):
+    """What a REPA run's ``model.safetensors`` holds: the SiT's state dict and the projector's under
+    ``repa_projector.`` (checkpoints only; the pipeline gets the SiT's EMA alone)."""
+
+    PREFIX = "repa_projector."
+
+    def __init__(self, transformer: torch.nn.Module, projector: torch.nn.Module) -> None:
+        super().__init__()
+        self.transformer, self.projector = transformer, projector
+
+    def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:  # type: ignore[override]
+        return {**self.transformer.state_dict(),
+                **{self.PREFIX + k: v for k, v in self.projector.state_dict().items()}}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor], strict: bool = True, assign: bool = False) -> Any:
+        mine = {k[len(self.PREFIX):]: v for k, v in state.items() if k.startswith(self.PREFIX)}
+        if not mine:
+            raise RuntimeError("no repa_projector.* weights: the checkpoint was trained without REPA")
+        self.projector.load_state_dict(mine, strict=strict)
+        return self.transformer.load_state_dict({k: v for k, v in state.items() if not k.startswith(self.PREFIX)},
+                                                strict=strict)
+
+
+def _allreduce_grads(accelerator: Any, params: list[torch.Tensor]) -> None:
+    """Average the gradients of ``params`` (not in DDP: the projector) over the processes, as DDP does the SiT's."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if accelerator.num_processes == 1 or not grads:
+        return
+    flat = accelerator.reduce(torch.cat([g.reshape(-1) for g in grads]), reduction="mean")
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset:offset + g.numel()].view_as(g))
+        offset += g.numel()
+
+
+def make_optimizer(cfg: TrainConfig, params: list[torch.Tensor], device: torch.device) -> tuple[Any, str]:
+    """AdamW over ``params``: the fused kernel on CUDA and CPU (:data:`FUSED_ADAMW_DEVICES`), torch's default
+    (foreach) elsewhere; returns ``(optimizer, "fused" | "default")``. Both compute AdamW's update, equal to
+    float rounding (3e-8 after 23 steps on the digits model); the choice is logged."""
+    kwargs = dict(lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_epsilon,
+                  weight_decay=cfg.weight_decay)
+    if device.type in FUSED_ADAMW_DEVICES:
+        return torch.optim.AdamW(params, fused=True, **kwargs), "fused"
+    return torch.optim.AdamW(params, **kwargs), "default"
+
+
+FUSED_ADAMW_DEVICES = ("cuda", "cpu")
+"""Devices where :func:`make_optimizer` uses ``AdamW(fused=True)``: on this CPU it takes 31 ms per step of the 4.2M
+parameter digits model vs 94 ms for the foreach kernel (1 thread; docs/training.md#throughput)."""
+
+
+# ===========================================================================
 # Setup helpers
 # ===========================================================================
 
@@ -446,11 +644,26 @@ def make_accelerator(cfg: TrainConfig) -> Any:
     from accelerate.utils import ProjectConfiguration
 
     report_to = None if cfg.report_to == "none" else cfg.report_to
-    accelerator = Accelerator(
-        mixed_precision=cfg.mixed_precision,
-        log_with=report_to,
-        project_config=ProjectConfiguration(project_dir=cfg.output_dir, logging_dir=str(Path(cfg.output_dir) / "logs")),
-    )
+    try:
+        accelerator = Accelerator(
+            mixed_precision=cfg.mixed_precision,
+            log_with=report_to,
+            project_config=ProjectConfiguration(project_dir=cfg.output_dir,
+                                                logging_dir=str(Path(cfg.output_dir) / "logs")),
+        )
+    except RuntimeError as err:  # e.g. an FSDP config on a machine without an accelerator device
+        if "no available devices" not in str(err):
+            raise
+        raise ConfigError(f"accelerate could not set up this launch's distribution on {_cpu_or_devices()}: {err} "
+                          "(FSDP needs an accelerator device; on CPU launch DDP: accelerate launch --multi_gpu "
+                          "--num_processes N with ACCELERATE_USE_CPU=1)") from None
+    world = int(os.environ.get("WORLD_SIZE") or 1)
+    if world != accelerator.num_processes:  # e.g. FSDP on CPU: accelerate falls back to one process per rank
+        raise ConfigError(
+            f"launched as {world} processes (WORLD_SIZE) but accelerate formed a group of {accelerator.num_processes} "
+            f"({accelerator.distributed_type.value}): each process would train alone into the same --output_dir. "
+            "accelerate runs FSDP only on an accelerator (CUDA, XPU, NPU, ...); on CPU launch DDP instead "
+            "(accelerate launch --multi_gpu --num_processes N with ACCELERATE_USE_CPU=1)")
     split = accelerator.num_processes * cfg.gradient_accumulation_steps
     if cfg.global_batch_size % split:
         raise ConfigError(
@@ -458,6 +671,10 @@ def make_accelerator(cfg: TrainConfig) -> Any:
             f"({accelerator.num_processes}) x --gradient_accumulation_steps ({cfg.gradient_accumulation_steps})"
         )
     return accelerator
+
+
+def _cpu_or_devices() -> str:
+    return f"{torch.cuda.device_count()} CUDA device(s)" if torch.cuda.is_available() else "a CPU-only machine"
 
 
 def load_vae(name: str, subfolder: str | None, device: torch.device) -> Any:
@@ -545,6 +762,23 @@ def build_data(cfg: TrainConfig, dataset: Any | None, vae_config: Any | None) ->
     return DataSource(images, "pixels", channels, size, len(dataset), id2label, cfg.vae)
 
 
+def add_repa_features(cfg: TrainConfig, data: DataSource) -> DataSource:
+    """With precomputed REPA features, each example also gets ``"repa_features"`` (the mirror's when its pixels or
+    latents are mirrored); the features are checked against the data first (rows, labels row by row, encoder,
+    resolution). Other runs: ``data`` unchanged."""
+    folder = repa_features_dir(cfg)
+    if folder is None:
+        return data
+    from training.repa import RepaFeatureStore, WithRepaFeatures
+
+    flag = "--repa_features_dir" if cfg.repa_features_dir is not None else "--latents_dir"
+    store = RepaFeatureStore(folder, flag=flag)
+    store.check(num_rows=data.num_examples, resolution=cfg.resolution, encoder=cfg.repa_encoder,
+                labels=_labels_of(data, cfg))
+    dataset = WithRepaFeatures(data.dataset, store, seed=cfg.seed, random_flip=cfg.random_flip)
+    return dataclasses.replace(data, dataset=dataset)
+
+
 def make_batches(cfg: TrainConfig, data: DataSource, accelerator: Any, start_step: int) -> Any:
     """Iterator over this process's micro-batches from ``start_step`` to ``max_train_steps``."""
     common = dict(global_batch_size=cfg.global_batch_size, num_processes=accelerator.num_processes,
@@ -603,44 +837,72 @@ def update_ema(ema_params: list[torch.Tensor], params: list[torch.Tensor], decay
 
 
 # ===========================================================================
-# Per-sample randomness
+# Per-step randomness
 # ===========================================================================
 
+STREAM_POSTERIOR, STREAM_NOISE, STREAM_TIME, STREAM_DROP = 3, 4, 5, 6
+"""Seed streams of the per-step draws (``training/data.py`` uses 0 for the epoch permutations, 1 for the flip
+coins and 2 for the per-sample generators of the earlier scheme)."""
 
-def sample_draws(
-    cfg: TrainConfig, objective: Any, positions: torch.Tensor, shape: tuple[int, int, int], posterior: bool,
-) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Draws of the samples at ``positions`` (N,), each from its own ``(seed, position)`` generator.
 
-    Returns ``(posterior_eps (N, C, h, w) or None, noise (N, C, h, w), t (N,), drop (N,) int)``, on CPU.
-    The order of draws inside one generator is fixed: posterior eps, noise, time, label-dropout coin.
+class StepDraws:
+    """The random draws of the optimiser steps, the same for any process split, accumulation or resume.
+
+    For step ``s`` and each stream one generator on ``device``, seeded by ``sample_seed(seed, s, stream)``,
+    draws the rows of the whole global batch ``B``: the VAE posterior eps ``(B, C, h, w)`` (latent runs only),
+    the noise ``x0`` ``(B, C, h, w)``, the times ``t`` ``(B,)`` and the label-dropout coins ``(B,)``. The
+    micro-batch holding stream positions ``[s B + k, s B + k + n)`` takes rows ``[k, k + n)``. Every process
+    draws all ``B`` rows (a few randn calls, cheap beside the model); the last step's draws are kept, so the
+    accumulation micro-steps of a step draw once. The draws depend on the device type (a CUDA generator is
+    not a CPU one), not on the number of devices.
     """
-    eps, noise, times, drops = [], [], [], []
-    for q in positions.tolist():
-        g = sample_generator(cfg.seed, q, STREAM_SAMPLE)
-        if posterior:
-            eps.append(torch.randn(shape, generator=g))  # (C, h, w)
-        noise.append(torch.randn(shape, generator=g))  # (C, h, w)
-        times.append(objective.sample_time(1, generator=g))  # (1,)
-        drops.append(torch.rand(1, generator=g) < cfg.class_dropout_prob)  # (1,)
-    return (
-        torch.stack(eps) if posterior else None,  # (N, C, h, w)
-        torch.stack(noise),  # (N, C, h, w)
-        torch.cat(times).float(),  # (N,)
-        torch.cat(drops).long(),  # (N,)
-    )
+
+    def __init__(self, cfg: TrainConfig, objective: Any, shape: tuple[int, int, int], posterior: bool,
+                 device: torch.device) -> None:
+        self.seed, self.batch, self.drop_prob = cfg.seed, cfg.global_batch_size, cfg.class_dropout_prob
+        self.objective, self.shape, self.posterior, self.device = objective, shape, posterior, device
+        self._step: int | None = None
+        self._rows: tuple[torch.Tensor | None, torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+
+    def _generator(self, step: int, stream: int) -> torch.Generator:
+        return torch.Generator(device=self.device).manual_seed(sample_seed(self.seed, step, stream))
+
+    def draw(self, step: int) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(posterior_eps (B, C, h, w) or None, noise (B, C, h, w), t (B,) float32, drop (B,) int64)`` of
+        optimiser step ``step`` (0-based), on the device."""
+        b, dev = self.batch, self.device
+        eps = (torch.randn((b, *self.shape), generator=self._generator(step, STREAM_POSTERIOR), device=dev)
+               if self.posterior else None)  # (B, C, h, w)
+        noise = torch.randn((b, *self.shape), generator=self._generator(step, STREAM_NOISE), device=dev)  # (B, C, h, w)
+        t = self.objective.sample_time(b, generator=self._generator(step, STREAM_TIME)).float()  # (B,)
+        coins = torch.rand((b,), generator=self._generator(step, STREAM_DROP), device=dev)  # (B,)
+        return eps, noise, t, (coins < self.drop_prob).long()
+
+    def __call__(self, positions: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor,
+                                                          torch.Tensor]:
+        """The rows of the micro-batch at stream ``positions`` (n,) (consecutive, inside one step)."""
+        first, n = int(positions[0]), len(positions)
+        step, k = divmod(first, self.batch)
+        if int(positions[-1]) != first + n - 1 or k + n > self.batch:
+            raise ValueError(f"positions {first}..{int(positions[-1])} are not {n} consecutive positions of one "
+                             f"step of global batch {self.batch}")
+        if step != self._step:
+            self._rows, self._step = self.draw(step), step
+        return tuple(None if rows is None else rows[k:k + n] for rows in self._rows)  # type: ignore[return-value]
 
 
 def micro_batch_loss(
     cfg: TrainConfig, objective: Any, model: Any, batch: dict[str, Any], vae: Any | None,
-    shape: tuple[int, int, int], device: torch.device,
+    shape: tuple[int, int, int], device: torch.device, draws: StepDraws | None = None,
 ) -> torch.Tensor:
     """Mean SiT loss of one micro-batch (a scalar), the same whatever the process split.
 
     ``batch`` holds ``"pixels"`` (n, 3|1, H, W) in [-1, 1] or ``"moments"`` (n, 2C, h, w), plus ``"label"``
     and ``"position"`` (n,). Images are encoded by ``vae`` when given; moments become latents by a seeded
     posterior draw, ``x1 = (mean + std * eps) * scaling``; then ``x_t = alpha_t x1 + sigma_t x0`` at the
-    seeded ``(t, x0)`` and the model is called with the seeded label-dropout mask.
+    seeded ``(t, x0)`` and the model is called with the seeded label-dropout mask. The draws are the
+    micro-batch's rows of its step's :class:`StepDraws` (``draws``, which keeps a step's draws across its
+    micro-steps; a fresh one when ``None``).
     """
     labels_cpu = batch["label"]  # (n,) on the CPU: checked without a device sync
     if labels_cpu.numel() and (int(labels_cpu.min()) < 0 or int(labels_cpu.max()) >= cfg.num_classes):
@@ -649,22 +911,26 @@ def micro_batch_loss(
                         f"(optimiser step {int(batch['position'][bad]) // cfg.global_batch_size + 1}) is outside "
                         f"[0, --num_classes {cfg.num_classes})")
     posterior = "moments" in batch or vae is not None
-    eps, noise, t, drop = sample_draws(cfg, objective, batch["position"], shape, posterior=posterior)
+    if draws is None:
+        draws = StepDraws(cfg, objective, shape, posterior, device)
+    elif draws.posterior != posterior:
+        raise ValueError(f"draws made for posterior={draws.posterior}, the batch needs posterior={posterior}")
+    eps, noise, t, drop = draws(batch["position"])
     with torch.no_grad():
         if "moments" in batch:
             moments = batch["moments"].to(device)  # (n, 2C, h, w)
         elif vae is not None:
             moments = vae.encode(batch["pixels"].to(device)).latent_dist.parameters  # (n, 2C, h, w)
         if posterior:
-            x1 = moments_to_latents(moments, eps.to(device), cfg.vae_scaling_factor)  # (n, C, h, w)
+            x1 = moments_to_latents(moments, eps, cfg.vae_scaling_factor)  # (n, C, h, w)
         else:
             x1 = batch["pixels"].to(device)  # (n, C, H, W) in [-1, 1]
-    labels, drop = batch["label"].to(device), drop.to(device)  # (n,), (n,)
+    labels = batch["label"].to(device)  # (n,)
 
     def model_fn(x_t: torch.Tensor, t_: torch.Tensor) -> torch.Tensor:
         return model(x_t, t_, labels, force_drop_ids=drop).sample  # (n, C, h, w)
 
-    return objective.loss(model_fn, x1, t=t.to(device), noise=noise.to(device)).mean()
+    return objective.loss(model_fn, x1, t=t, noise=noise).mean()
 
 
 # ===========================================================================
@@ -910,13 +1176,24 @@ def train(cfg: TrainConfig, dataset: Any | None = None) -> Path:
     if fsdp and lora:
         raise ConfigError("--lora_rank under FSDP is not supported (peft adapters in sharded modules); the frozen "
                           "base fits where the adapters train: use DDP or a single process")
+    if fsdp and cfg.repa_encoder is not None:
+        raise ConfigError("--repa_encoder under FSDP is not supported (the projector and its checkpoint are not "
+                          "sharded); use DDP or a single process")
     device = accelerator.device
+    check_compile(cfg, device)
     torch.backends.cuda.matmul.allow_tf32 = cfg.allow_tf32
     torch.backends.cudnn.allow_tf32 = cfg.allow_tf32
     base_model = pretrained.fingerprint if lora else None
 
-    def checks_and_data() -> tuple[Path | None, Any, Any, DataSource]:
+    def checks_and_data() -> tuple[Path | None, Any, Any, DataSource, Any]:
         resume = resolve_resume(cfg, fsdp=fsdp, base_model=base_model)
+        _check_repa_resume(resume, cfg)
+        encoder = None
+        if cfg.repa_encoder is not None and repa_features_dir(cfg) is None:
+            from training.repa import RepaEncoder
+
+            dtype = torch.bfloat16 if accelerator.mixed_precision == "bf16" else torch.float32
+            encoder = RepaEncoder.from_pretrained(cfg.repa_encoder, dtype=dtype, device=device, flag="--repa_encoder")
         vae = None
         if cfg.vae is not None and cfg.latents_dir is None:
             vae = load_vae(cfg.vae, cfg.vae_subfolder, device)
@@ -927,9 +1204,10 @@ def train(cfg: TrainConfig, dataset: Any | None = None) -> Path:
             check_pretrained_geometry(cfg, pretrained, vae.config if vae is not None else None)
             base = load_pretrained(pretrained, cfg.pretrained_model_name_or_path)
         # ---- data (the first read)
-        return resume, vae, base, build_data(cfg, dataset, vae.config if vae is not None else None)
+        data = build_data(cfg, dataset, vae.config if vae is not None else None)
+        return resume, vae, base, add_repa_features(cfg, data), encoder
 
-    resume, vae, base, data = _together(accelerator, checks_and_data)
+    resume, vae, base, data, encoder = _together(accelerator, checks_and_data)
 
     # ---- models, objective, optimiser
     model = build_model(cfg, data.model_channels, data.model_size, pretrained=base)
@@ -939,15 +1217,28 @@ def train(cfg: TrainConfig, dataset: Any | None = None) -> Path:
         ema_model = AdapterEMA(model)
     else:
         ema_model = copy.deepcopy(model).eval().requires_grad_(False)
+    repa = None
+    if cfg.repa_encoder is not None:  # the projector: seeded on its own, so the global RNG is untouched
+        from training.repa import RepaFeatureStore, RepaProjector
+
+        width = encoder.hidden_size if encoder is not None else RepaFeatureStore(repa_features_dir(cfg)).dim
+        projector = RepaProjector(model.config.hidden_size, cfg.repa_projector_dim, width,
+                                  generator=torch.Generator().manual_seed(cfg.seed)).to(device).train()
+        side = data.model_size // model.config.patch_size
+        repa = Repa(encoder, projector, cfg.repa_depth, cfg.repa_coeff, cfg.repa_stop_step, (side, side))
     if cfg.gradient_checkpointing:
         model.enable_gradient_checkpointing()
-    if cfg.torch_compile:
-        model = torch.compile(model)
+    if cfg.compile == "full":
+        model.compile()  # in place: the state dict keys stay those of the plain model
+    elif cfg.compile == "regional":
+        model.compile_repeated_blocks()  # each SiTBlock: one compiled graph reused for every block
     model.train()  # the label dropout coin is ours (force_drop_ids); else only LoRA's dropout differs
     objective = build_objective(cfg)
     trainable = [p for p in model.parameters() if p.requires_grad]  # every weight, or the adapters
-    optimizer = torch.optim.AdamW(trainable, lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2),
-                                  eps=cfg.adam_epsilon, weight_decay=cfg.weight_decay)
+    projector_params = list(repa.projector.parameters()) if repa is not None else []
+    if not fsdp:
+        model.to(device)
+    optimizer, adamw = make_optimizer(cfg, trainable + projector_params, device)
     from diffusers.optimization import get_scheduler
 
     lr_scheduler = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.lr_warmup_steps,
@@ -958,8 +1249,9 @@ def train(cfg: TrainConfig, dataset: Any | None = None) -> Path:
     else:
         ema_model.to(device)
     params = [p for p in model.parameters() if p.requires_grad]
-    ema_params = list(ema_model.parameters())
-    parts = Trainables(model, ema_model, optimizer, lr_scheduler, fsdp, lora=lora, base_model=base_model)
+    ema_params = list(ema_model.parameters())  # the SiT's only: the projector is not averaged (as REPA)
+    saved_model = model if repa is None else _WithProjector(unwrap_model(accelerator, model), repa.projector)
+    parts = Trainables(saved_model, ema_model, optimizer, lr_scheduler, fsdp, lora=lora, base_model=base_model)
 
     # ---- resume (model, EMA, optimiser, LR schedule, loss scaler, RNG states; the data position is the step)
     torch.manual_seed(cfg.seed * accelerator.num_processes + accelerator.process_index)  # per-process seed
@@ -977,9 +1269,17 @@ def train(cfg: TrainConfig, dataset: Any | None = None) -> Path:
         accelerator.init_trackers(cfg.tracker_project_name, config={
             k: (json.dumps(v) if isinstance(v, (dict, list)) else v) for k, v in cfg.to_dict().items()})
     n_params = sum(p.numel() for p in accelerator.unwrap_model(model).parameters())
-    logger.info("SiT parameters: %s (trained: %s); examples: %s; processes: %d; micro-batch: %d", f"{n_params:,}",
-                f"{sum(p.numel() for p in params):,}", data.num_examples, accelerator.num_processes,
-                cfg.global_batch_size // (accelerator.num_processes * cfg.gradient_accumulation_steps))
+    logger.info("SiT parameters: %s (trained: %s); examples: %s; processes: %d; micro-batch: %d; AdamW: %s; "
+                "compile: %s", f"{n_params:,}", f"{sum(p.numel() for p in params):,}", data.num_examples,
+                accelerator.num_processes,
+                cfg.global_batch_size // (accelerator.num_processes * cfg.gradient_accumulation_steps), adamw,
+                cfg.compile)
+    if repa is not None:
+        logger.info("REPA: block %d of %d -> projector (%s parameters) -> %s (width %d, %s), coeff %s, until step %s",
+                    repa.depth, model_config["depth"], f"{sum(p.numel() for p in projector_params):,}",
+                    cfg.repa_encoder, repa.projector.encoder_dim,
+                    "on the fly" if repa.encoder is not None else f"precomputed in {repa_features_dir(cfg)}",
+                    cfg.repa_coeff, cfg.repa_stop_step or "the end")
 
     # ---- loop
     decode_vae = vae  # what sample grids and the final pipeline decode with (loaded once, main process)
@@ -987,34 +1287,50 @@ def train(cfg: TrainConfig, dataset: Any | None = None) -> Path:
         decode_vae = _vae_for_pipeline(cfg, data, device)
     batches = make_batches(cfg, data, accelerator, start_step)
     shape = (data.model_channels, data.model_size, data.model_size)
+    draws = StepDraws(cfg, objective, shape, posterior=data.kind == "moments" or vae is not None, device=device)
     accum = cfg.gradient_accumulation_steps
     check_grad = accelerator.scaler is None  # fp16: an inf gradient is an overflow the loss scaler skips
     running_loss = torch.zeros((), device=device)
+    running_align = torch.zeros((), device=device)
     log_steps, tic = 0, time.perf_counter()
     from tqdm.auto import tqdm
 
     progress = tqdm(range(start_step, cfg.max_train_steps), initial=start_step, total=cfg.max_train_steps,
                     disable=not accelerator.is_local_main_process, desc="steps")
     for step in progress:
+        aligning = repa is not None and repa.active(step)
+        if aligning:
+            repa.attach(model)
+        elif repa is not None and (repa.capture is not None or repa.encoder is not None):
+            repa.stop()  # from here on: the plain forward, no encoder, no projector gradient
+            logger.info("REPA stopped after step %d (--repa_stop_step)", step)
         step_loss = torch.zeros((), device=device)
+        step_align = torch.zeros((), device=device)
         for micro in range(accum):  # gradients are all-reduced on the last micro-step only
             batch = next(batches)
             with contextlib.nullcontext() if micro == accum - 1 else accelerator.no_sync(model):
-                loss = micro_batch_loss(cfg, objective, model, batch, vae, shape, device)
-                accelerator.backward(loss / accum)
+                loss = micro_batch_loss(cfg, objective, model, batch, vae, shape, device, draws)
+                total = loss
+                if aligning:
+                    align = repa.loss(accelerator, batch)
+                    total = loss + repa.coeff * align
+                    step_align += align.detach() / accum
+                accelerator.backward(total / accum)
             step_loss += loss.detach() / accum
+        if aligning:
+            _allreduce_grads(accelerator, projector_params)
         max_norm = cfg.max_grad_norm if cfg.max_grad_norm is not None else math.inf
-        grad_norm = accelerator.clip_grad_norm_(params, max_norm)
+        grad_norm = accelerator.clip_grad_norm_(params + projector_params, max_norm)
         done = step + 1
         # One sync per step: stop before a NaN/inf step touches the weights, the EMA or a checkpoint.
         grad_bad = (~torch.isfinite(torch.as_tensor(grad_norm, device=device)) if check_grad and grad_norm is not None
                     else torch.zeros((), dtype=torch.bool, device=device))
-        bad = torch.stack([~torch.isfinite(step_loss), grad_bad]).float()  # (2,)
+        bad = torch.stack([~torch.isfinite(step_loss), grad_bad, ~torch.isfinite(step_align)]).float()  # (3,)
         if accelerator.num_processes > 1:
             bad = accelerator.reduce(bad, reduction="sum")  # the same decision on every process
         if bool(bad.any()):
             raise _nonfinite_error(cfg, done, float(step_loss), None if grad_norm is None else float(grad_norm),
-                                   last_checkpoint)
+                                   last_checkpoint, what=["REPA loss"] if bool(bad[2]) else None)
         try:
             optimizer.step()
         except RuntimeError as err:  # AdamW's step size lr / (1 - beta1^t) beyond float32: a huge learning rate
@@ -1026,6 +1342,7 @@ def train(cfg: TrainConfig, dataset: Any | None = None) -> Path:
         optimizer.zero_grad(set_to_none=True)
         update_ema(ema_params, params, cfg.ema_decay)
         running_loss += step_loss
+        running_align += step_align
         log_steps += 1
 
         if done % cfg.log_every == 0 or done == cfg.max_train_steps:
@@ -1035,9 +1352,16 @@ def train(cfg: TrainConfig, dataset: Any | None = None) -> Path:
             avg_loss = accelerator.reduce(running_loss / log_steps, reduction="mean").item()
             logs = {"loss": avg_loss, "grad_norm": float(grad_norm), "lr": lr_scheduler.get_last_lr()[0],
                     "images_per_sec": log_steps * cfg.global_batch_size / elapsed}
+            postfix = {"loss": f"{avg_loss:.4f}"}
+            if repa is not None:  # the mean over the logged steps that aligned (0 after the stop step)
+                logs["repa_loss"] = accelerator.reduce(running_align / log_steps, reduction="mean").item()
+                logs["loss_total"] = avg_loss + cfg.repa_coeff * logs["repa_loss"]
+                postfix["repa"] = f"{logs['repa_loss']:.4f}"
             accelerator.log(logs, step=done)
-            progress.set_postfix(loss=f"{avg_loss:.4f}", img_s=f"{logs['images_per_sec']:.1f}")
+            progress.set_postfix(**postfix, img_s=f"{logs['images_per_sec']:.1f}")
+            logger.debug("step %d: %s", done, logs)
             running_loss.zero_()
+            running_align.zero_()
             log_steps, tic = 0, time.perf_counter()
         if done % cfg.checkpointing_steps == 0 or done == cfg.max_train_steps:
             last_checkpoint = save_checkpoint(cfg, accelerator, done, parts).name
