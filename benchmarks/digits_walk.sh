@@ -14,7 +14,7 @@ shift $(( $# < 3 ? $# : 3 ))
 VARIANTS="dit cont-noise-vp cont-velocity-vp cont-velocity-gvp sit"
 for v in $VARIANTS; do
   if [[ -f "$OUT/$v/training.json" ]]; then echo "$OUT/$v done, kept"; continue; fi
-  python benchmarks/train_digits.py --device "$DEVICE" --loop vectorised --variant "$v" --steps "$STEPS" \
+  python benchmarks/train_digits.py --device "$DEVICE" --variant "$v" --steps "$STEPS" \
     --batch-size 1024 --lr 8e-4 --ema 0.998 --warmup 300 --out "$OUT/$v" "$@"
 done
 python benchmarks/digits_experiments.py walk --device "$DEVICE" --json "$OUT/walk.json" \

@@ -5,8 +5,10 @@ Reproducibility contract (what makes exact resume and process-count invariance p
 * The training stream is a sequence of *positions* ``q = 0, 1, 2, ...``; optimiser step ``s`` consumes
   positions ``[s * B, (s + 1) * B)`` for global batch ``B``. Position ``q`` reads dataset row
   ``perm_e[q mod N]`` with ``e = q // N`` and ``perm_e`` a permutation seeded by ``(seed, e)``.
-* Every random choice tied to a sample (its horizontal flip, VAE posterior draw, noise, time, label
-  dropout) comes from a generator seeded by ``(seed, q, stream)``, never from a global RNG.
+* The horizontal flip of a sample comes from a generator seeded by ``(seed, q, STREAM_FLIP)``; the VAE
+  posterior draw, noise, time and label dropout of step ``s`` come from one generator per
+  ``(seed, s, stream)`` that draws the whole global batch, and each process / micro-batch takes its rows
+  (``train_sit.StepDraws``). Never from a global RNG.
 
 So the data and randomness of a step depend only on ``(seed, step)``: not on the number of processes, the
 accumulation split, the number of workers, or whether the run was resumed.
@@ -49,7 +51,7 @@ __all__ = [
 STREAM_FLIP = 1
 """Seed stream for the horizontal-flip coin of a position."""
 STREAM_SAMPLE = 2
-"""Seed stream for the per-sample training draws (VAE posterior, noise, time, label dropout)."""
+"""Seed stream of the per-step training draws (VAE posterior, noise, time, label dropout; ``StepDraws``)."""
 
 _MASK64 = (1 << 64) - 1
 
