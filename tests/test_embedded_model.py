@@ -1,9 +1,10 @@
 """The embedded digit SiT (``sit_diffusers.DEFAULT_MODEL``): it loads, and its samples are real digits.
 
-The quality checks run the shipped pipeline at its saved sampler (ODE Heun, 10 steps = 20 NFE) with the
-recommended guidance scale 1.5 on 200 class-balanced samples (seed 0), scored by the shipped classifier.
-Measured when the model was committed (CPU, torch 2.13): accuracy 0.975, Frechet distance 31.7 against a
-real-vs-real floor of 20.3 at the same N (ratio 1.56). The bounds leave room for platform noise but catch a
+The quality checks run the shipped pipeline at its saved sampler (ODE AB3 on the time grid fitted to this
+model by benchmarks/fit_time_grid.py, 7 steps = 8 NFE; issue 15) with the recommended guidance scale 1.5 on
+200 class-balanced samples (seed 0), scored by the shipped classifier. Measured when the model was committed
+(CPU, torch 2.13, then ODE Heun 10 steps = 20 NFE): accuracy 0.975, Frechet distance 31.7 against a
+real-vs-real floor of 20.3 at the same N (ratio 1.56); see model_cards/sit-digits.md for the new sampler's. The bounds leave room for platform noise but catch a
 broken sampler, time convention or checkpoint (an undertrained model scored FD ~280 at N = 1000).
 """
 
@@ -36,8 +37,14 @@ def test_shipped_folder_is_small_and_configured(pipe) -> None:
     assert pipe.id2label == {i: str(i) for i in range(10)}
     assert pipe.get_label_ids(["7", 3]) == [7, 3]
     sched = pipe.scheduler.config
-    assert (sched.mode, sched.solver, sched.path_type, sched.prediction) == ("ode", "heun", "linear", "velocity")
-    assert pipe.config.default_num_inference_steps == 10
+    assert (sched.mode, sched.solver, sched.path_type, sched.prediction) == ("ode", "ab3", "linear", "velocity")
+    assert sched.time_grid == "fitted" and len(sched.fitted_grid) == 8  # fitted for 7 steps
+    assert pipe.config.default_num_inference_steps == 7
+    assert pipe.scheduler.num_model_evaluations(7) == 8  # fewer than the old ODE Heun 10 steps (20 NFE)
+    # the fitted grid is a time warp: other step counts run too, on a strictly increasing grid from 0 to 1
+    for steps in (3, 7, 20):
+        grid = pipe.scheduler.sampling_grid(steps)
+        assert grid[0] == 0.0 and grid[-1] == 1.0 and bool((grid.diff() > 0).all())
     assert pipe.transformer.dtype == torch.float32  # float16 on disk, float32 once loaded
     from sit_diffusers.evaluation import EMBEDDED_GUIDANCE_SCALE
 

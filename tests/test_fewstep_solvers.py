@@ -16,7 +16,14 @@ from sit_diffusers.interpolants import GaussianMixture, get_interpolant
 from sit_diffusers.sampling import DEFAULT_CONFIG, SamplerCore, randn
 from sit_diffusers.scheduling_sit import SAMPLER_PRESETS, SiTSampler
 from sit_diffusers.solvers import ODE_MULTISTEP_SOLVERS, History, adams_weights
-from sit_diffusers.time_grids import edm_grid, fit_time_grid, grid_from_logits, shifted_grid
+from sit_diffusers.time_grids import (
+    edm_grid,
+    fit_time_grid,
+    grid_from_logits,
+    make_grid,
+    shifted_grid,
+    warp_grid,
+)
 from sit_diffusers.validation import InputError
 
 F64 = torch.float64
@@ -326,8 +333,8 @@ def test_bad_config_values_are_refused_at_the_door(kw, needle, tmp_path):
 
 def test_bad_step_counts_and_unknown_core_keys():
     s = SiTSampler(mode="ode", solver="ab2", time_grid="fitted", fitted_grid=[0.0, 0.3, 0.7, 1.0])
-    for call in (lambda: s.sample(lambda x, t: x, torch.zeros(1, 1, 1, 1), 5), lambda: s.set_timesteps(2)):
-        with pytest.raises(InputError, match="num_inference_steps=3"):
+    for call in (lambda: s.sample(lambda x, t: x, torch.zeros(1, 1, 1, 1), 0), lambda: s.set_timesteps(-1)):
+        with pytest.raises(InputError, match="num_inference_steps"):
             call()
     with pytest.raises(InputError, match="time_grids"):
         SamplerCore({"time_grids": "shifted"})
@@ -351,3 +358,178 @@ def test_history_keeps_three_steps():
     for i in range(5):
         h.push(float(i), torch.zeros(1), torch.zeros(1))
     assert h.times == [2.0, 3.0, 4.0] and len(h) == 3
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the fitted grid as a time warp: any step count runs
+# ----------------------------------------------------------------------------------------------------------
+FITTED = [0.0, 0.0886, 0.1885, 0.3140, 0.4655, 0.6543, 0.8735, 1.0]  # the shape of the digits fit
+
+
+def test_warp_is_exact_at_the_fitted_step_count():
+    assert warp_grid(FITTED, len(FITTED)).tolist() == FITTED
+    s = SiTSampler(mode="ode", solver="ab3", time_grid="fitted", fitted_grid=FITTED)
+    assert s.sampling_grid(7, dtype=F64).tolist() == FITTED
+    s.set_timesteps(7)
+    assert s.num_inference_steps == 7
+
+
+@pytest.mark.parametrize("points", [2, 3, 4, 5, 6, 9, 11, 17, 51, 251])
+def test_warp_at_other_counts_is_monotone_with_the_ends(points):
+    grid = warp_grid(FITTED, points)
+    assert grid.shape == (points,) and grid.dtype == F64
+    assert grid[0].item() == 0.0 and grid[-1].item() == 1.0
+    assert bool((torch.diff(grid) > 0).all())
+    # it follows the fitted warp: close to the piecewise-linear warp at the same u
+    u = torch.linspace(0, 1, points, dtype=F64)
+    knots = torch.tensor(FITTED, dtype=F64)
+    lin = torch.from_numpy(__import__("numpy").interp(u.numpy(), torch.linspace(0, 1, 8, dtype=F64).numpy(),
+                                                      knots.numpy()))
+    assert (grid - lin).abs().max().item() < 0.02
+
+
+def test_warp_interpolates_through_the_knots_and_is_linear_for_a_uniform_fit():
+    # 2 * 7 steps: every second point is a fitted time
+    torch.testing.assert_close(warp_grid(FITTED, 15)[::2], torch.tensor(FITTED, dtype=F64), rtol=0, atol=1e-15)
+    # a uniform fitted grid is the identity warp
+    uniform = torch.linspace(0, 1, 5, dtype=F64).tolist()
+    torch.testing.assert_close(warp_grid(uniform, 12), torch.linspace(0, 1, 12, dtype=F64), rtol=0, atol=1e-14)
+    # strongly uneven knots stay strictly increasing (the PCHIP slope limits)
+    steep = [0.0, 1e-4, 2e-4, 0.5, 0.9999, 1.0]
+    for points in (3, 7, 10, 40, 200):
+        assert bool((torch.diff(warp_grid(steep, points)) > 0).all())
+
+
+@pytest.mark.parametrize("steps", [4, 5, 10, 25])
+def test_fitted_sampler_runs_other_step_counts_and_converges(steps):
+    gm = gaussian("linear")
+    z = torch.randn(8, 2, 1, 1, generator=torch.Generator().manual_seed(0), dtype=F64)
+    exact = exact_flow(gm, z, 0.0, 1.0)
+    s = SiTSampler(mode="ode", solver="ab3", time_grid="fitted", fitted_grid=FITTED)
+    out = s.sample(gm.velocity, z, steps)
+    assert out.nfe == s.num_model_evaluations(steps)
+    err = rms(out.sample - exact)
+    assert math.isfinite(err) and err < 0.05
+    if steps == 25:  # more steps, closer
+        assert err < rms(s.sample(gm.velocity, z, 5).sample - exact)
+
+
+def test_fitted_sde_and_strength_sample_the_warp():
+    sde = SiTSampler(mode="sde", solver="euler", time_grid="fitted", fitted_grid=[0.0, 0.2, 0.5, 0.96])
+    for n in (3, 4, 10):  # an SDE with a last step: n - 1 solver steps over the grid, then the last step
+        grid = sde.sampling_grid(n, dtype=F64)
+        assert grid.shape == (n,) and grid[0] == 0.0 and abs(grid[-1].item() - 0.96) < 1e-12
+        assert bool((torch.diff(grid) > 0).all())
+    ode = SiTSampler(mode="ode", solver="ab2", time_grid="fitted", fitted_grid=FITTED)
+    assert ode.sampling_grid(14, strength=0.5, dtype=F64).tolist() == warp_grid(FITTED, 15)[7:].tolist()
+
+
+def test_fitted_warp_survives_a_save_load_round_trip_at_any_count(tmp_path):
+    s = SiTSampler(mode="ode", solver="ab3", time_grid="fitted", fitted_grid=FITTED)
+    s.save_config(tmp_path)
+    loaded = SiTSampler.from_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "scheduler_config.json").read_text())
+    core = SamplerCore(saved)
+    gm = gaussian("linear")
+    z = torch.randn(4, 2, 1, 1, generator=torch.Generator().manual_seed(3))
+    for n in (3, 7, 12):
+        assert torch.equal(loaded.sampling_grid(n), s.sampling_grid(n))
+        assert torch.equal(core.sampling_grid(n), s.sampling_grid(n))
+        assert torch.equal(loaded.sample(gm.velocity, z, n).sample, core.sample(gm.velocity, z, n).sample)
+
+
+@pytest.mark.parametrize("bad", [[0.0, 0.5, 0.5, 1.0], [0.0, 0.7, 0.6, 1.0], [0.0], [0.2, 0.5, 1.0],
+                                 [0.0, 0.5, float("inf")], None, "0,1"])
+def test_make_grid_refuses_bad_fitted_grids(bad):
+    with pytest.raises(InputError, match="fitted_grid"):
+        SiTSampler(mode="ode", solver="ab3", time_grid="fitted", fitted_grid=bad)
+    if bad is None:
+        with pytest.raises(InputError, match="fitted_grid"):
+            make_grid("fitted", 0.0, 1.0, 5)
+    with pytest.raises(InputError, match="2 points"):
+        warp_grid(FITTED, 1)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# benchmarks/fit_time_grid.py: the fitting CLI
+# ----------------------------------------------------------------------------------------------------------
+def _fit_cli():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "fit_time_grid.py"
+    spec = importlib.util.spec_from_file_location("fit_time_grid_cli", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _snapshot(folder):
+    return {p: (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*")}
+
+
+FIT_BAD = [
+    (["--solver", "dopri5"], "--solver"),
+    (["--solver", "ab4"], "ab3"),
+    (["--nfe", "0"], "--nfe"),
+    (["--nfe", "1"], "--nfe"),  # one step: nothing to fit
+    (["--solver", "heun", "--nfe", "7"], "--nfe 7"),
+    (["--nfe", "eight"], "--nfe"),
+    (["--initial-grid", "cosine"], "--initial-grid"),
+    (["--shift", "0"], "--shift"),
+    (["--shift", "nan"], "--shift"),
+    (["--rho", "-1"], "--rho"),
+    (["--initial-grid", "fitted"], "--initial-config"),
+    (["--initial-grid", "fitted", "--initial-config", "{tmp}/missing.json"], "--initial-config"),
+    (["--initial-config", "{tmp}/missing.json"], "--initial-config"),
+    (["--guidance-scale", "0.5"], "--guidance-scale"),
+    (["--fit-samples", "0"], "--fit-samples"),
+    (["--heldout-samples", "100000"], "--heldout-samples"),
+    (["--fit-seed", "-1"], "--fit-seed"),
+    (["--heldout-seed", "0"], "--heldout-seed"),  # the same noise as the fit batch
+    (["--max-evals", "0"], "--max-evals"),
+    (["--reference-atol", "0"], "--reference-atol"),
+    (["--reference-rtol", "0.5"], "--reference-rtol"),
+    (["--compare-nfe", "0"], "--compare-nfe"),
+    (["--solver", "heun", "--nfe", "8", "--compare-nfe", "5"], "--compare-nfe 5"),
+    (["--threads", "0"], "--threads"),
+    (["--model", "{tmp}"], "--model"),
+    (["--out", "{tmp}/taken.json"], "--overwrite"),
+    (["--out", "{tmp}/afile.txt/cfg.json"], "--out"),
+    (["--report", "{tmp}"], "--report"),
+    (["--cache", "{tmp}/afile.txt"], "--cache"),
+    (["--no-such-flag"], "--no-such-flag"),
+]
+
+
+@pytest.mark.parametrize(("argv", "needle"), FIT_BAD, ids=[str(i) for i in range(len(FIT_BAD))])
+def test_fit_time_grid_cli_refuses_bad_flags_before_any_work(argv, needle, tmp_path, capsys):
+    cli = _fit_cli()
+    (tmp_path / "taken.json").write_text("{}")
+    (tmp_path / "afile.txt").write_text("x")
+    before = _snapshot(tmp_path)
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    assert cli.run_cli(cli.PROG, cli.main, argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"{cli.PROG}: error: ") and needle in err and "Traceback" not in err
+    assert _snapshot(tmp_path) == before
+
+
+def test_fit_time_grid_cli_fits_and_writes_a_loadable_config(tmp_path, capsys):
+    """A tiny run on the digits model (1 + 1 samples, loose reference, 3 fit runs): the table, the config."""
+    cli = _fit_cli()
+    argv = ["--solver", "ab2", "--nfe", "4", "--initial-grid", "shifted", "--shift", "2", "--fit-samples", "1",
+            "--heldout-samples", "1", "--max-evals", "3", "--reference-atol", "1e-3", "--reference-rtol", "1e-2",
+            "--compare-nfe", "3", "--out", str(tmp_path / "sched"), "--report", str(tmp_path / "r.json")]
+    assert cli.run_cli(cli.PROG, cli.main, argv) == 0
+    out = capsys.readouterr().out
+    assert "| 4 | ab2 FITTED | 4 |" in out and "| 3 | ode euler uniform | 3 |" in out
+    saved = json.loads((tmp_path / "sched" / "scheduler_config.json").read_text())
+    assert saved["time_grid"] == "fitted" and saved["solver"] == "ab2" and len(saved["fitted_grid"]) == 5
+    loaded = SiTSampler.from_pretrained(tmp_path / "sched")
+    assert loaded.sampling_grid(4, dtype=F64).tolist() == saved["fitted_grid"]
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["grid"] == saved["fitted_grid"] and {e["nfe"] for e in report["table"]} == {3, 4}
+    assert not [p for p in tmp_path.rglob("*") if ".tmp" in p.name]
+    # an existing config is replaced only with --overwrite
+    assert cli.run_cli(cli.PROG, cli.main, argv) == 2

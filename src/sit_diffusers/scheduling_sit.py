@@ -118,7 +118,8 @@ class SiTSampler(SchedulerMixin, ConfigMixin):
         time_shift: shift of the ``"shifted"`` grid (> 0; > 1 puts more steps near the noise).
         time_rho: exponent of the ``"edm"`` grid (> 0; EDM uses 7).
         fitted_grid: the times of a grid fitted to one model (``time_grids.fit_time_grid``): strictly
-            increasing from ``t0`` to ``t1``; ``num_inference_steps`` must then be its step count.
+            increasing from ``t0`` to ``t1``. Its own step count runs these times exactly; any other
+            ``num_inference_steps`` samples the monotone time warp through them (``time_grids.warp_grid``).
 
     ODE solvers also include the multistep ``"ab2"``, ``"ab3"`` (Adams-Bashforth), ``"dpm++2m"``
     (DPM-Solver++(2M)) and ``"unipc"`` (with the UniC corrector), one model call per step
@@ -197,8 +198,7 @@ class SiTSampler(SchedulerMixin, ConfigMixin):
 
     def check_num_inference_steps(self, num_inference_steps: Any) -> int:
         """``num_inference_steps`` as an ``int`` this sampler can run (>= 1; >= 2 for an SDE with a last
-        step, whose last entry is the last step; the fitted grid's step count for ``time_grid='fitted'``);
-        raises ``InputError`` naming the value otherwise."""
+        step, whose last entry is the last step); raises ``InputError`` naming the value otherwise."""
         return self._core.check_num_inference_steps(num_inference_steps)
 
     @property

@@ -8,7 +8,13 @@
 * ``edm``: Karras et al. 2022 (arXiv 2206.00364, Eq. 5): the noise-to-signal ratio ``r = sigma_t / alpha_t``
   of the path spaced as ``(r_max^(1/rho) + i/n (r_min^(1/rho) - r_max^(1/rho)))^rho`` with EDM's
   ``r_max = 80``, ``r_min = 0.002``, each inverted to a time of the path; the end points are ``t0`` and ``t1``.
-* ``fitted``: a grid fitted to one model (:func:`fit_time_grid`), stored in the sampler config.
+* ``fitted``: a grid fitted to one model (:func:`fit_time_grid`), stored in the sampler config as the list
+  of its ``m + 1`` times. It defines a monotone time warp ``t = w(u)`` of a uniform ``u`` in [0, 1]: the
+  fitted times placed at ``u_i = i / m``, joined by the monotone cubic (PCHIP) interpolant of Fritsch &
+  Carlson 1980 (SIAM J. Numer. Anal. 17(2); the slopes of Fritsch & Butland 1984, as scipy's
+  ``PchipInterpolator``). A run of ``m`` steps uses the fitted times exactly; any other step count samples
+  the warp at a uniform ``u`` (:func:`warp_grid`), so it stays strictly increasing from ``t0`` to ``t1``
+  and keeps the fitted grid's density of steps.
 
 Torch and the standard library only (``sit-generate`` imports it without diffusers).
 """
@@ -92,6 +98,56 @@ def check_fitted_grid(name: str, grid: Any, t0: float, t1: float, tol: float = 1
     return values
 
 
+def pchip_slopes(h: Tensor, delta: Tensor) -> Tensor:
+    """Knot slopes of the monotone cubic interpolant (Fritsch & Butland 1984, as scipy's
+    ``PchipInterpolator``) from the knot spacings ``h`` ``(m,)`` and secants ``delta`` ``(m,)``, all
+    ``delta > 0``: interior slopes are weighted harmonic means of the two secants, the end slopes the
+    one-sided three-point formula, limited to ``[0, 3 delta]`` (Fritsch & Carlson's monotone region)."""
+    m = delta.numel()
+    d = torch.empty(m + 1, dtype=torch.float64)
+    if m == 1:
+        return d.fill_(float(delta[0]))
+    w1, w2 = 2 * h[1:] + h[:-1], h[1:] + 2 * h[:-1]  # (m - 1,)
+    d[1:-1] = (w1 + w2) / (w1 / delta[:-1] + w2 / delta[1:])
+
+    def end(h0: Tensor, h1: Tensor, d0: Tensor, d1: Tensor) -> Tensor:
+        slope = ((2 * h0 + h1) * d0 - h0 * d1) / (h0 + h1)
+        if slope <= 0:
+            return torch.zeros((), dtype=torch.float64)
+        return torch.minimum(slope, 3 * d0)
+
+    d[0] = end(h[0], h[1], delta[0], delta[1])
+    d[-1] = end(h[-1], h[-2], delta[-1], delta[-2])
+    return d
+
+
+def warp_grid(fitted: Sequence[float], points: int) -> Tensor:
+    """``points`` times of the fitted time warp (module docstring), float64: the fitted times themselves
+    when ``points == len(fitted)``, else the monotone cubic through ``(i / m, fitted[i])`` sampled at
+    ``u = linspace(0, 1, points)``. Strictly increasing from ``fitted[0]`` to ``fitted[-1]``."""
+    knots_t = torch.tensor([float(v) for v in fitted], dtype=torch.float64)  # (m + 1,)
+    m = knots_t.numel() - 1
+    if points < 2:
+        raise InputError(f"a time grid needs at least 2 points (one step), got {points}")
+    if points == m + 1:
+        return knots_t.clone()
+    h = torch.full((m,), 1.0 / m, dtype=torch.float64)
+    delta = torch.diff(knots_t) / h
+    slopes = pchip_slopes(h, delta)
+    u = torch.linspace(0.0, 1.0, points, dtype=torch.float64)
+    k = torch.clamp((u * m).floor().long(), 0, m - 1)  # the knot interval of each u
+    s = (u - k.double() / m) / h[k]  # position in the interval, 0..1
+    h00, h10 = (1 + 2 * s) * (1 - s) ** 2, s * (1 - s) ** 2  # cubic Hermite basis
+    h01, h11 = s**2 * (3 - 2 * s), s**2 * (s - 1)
+    grid = h00 * knots_t[k] + h10 * h[k] * slopes[k] + h01 * knots_t[k + 1] + h11 * h[k] * slopes[k + 1]
+    grid[0], grid[-1] = knots_t[0], knots_t[-1]
+    if bool((torch.diff(grid) <= 0).any()):  # a flat spot of the cubic in float64: the linear warp instead
+        lin = knots_t[k] + s * (knots_t[k + 1] - knots_t[k])
+        lin[0], lin[-1] = knots_t[0], knots_t[-1]
+        return lin
+    return grid
+
+
 def make_grid(kind: str, t0: float, t1: float, points: int, *, shift: float = 1.0, rho: float = 7.0,
               interpolant: Interpolant | None = None, fitted: Sequence[float] | None = None) -> Tensor:
     """The forward grid of ``points`` times from ``t0`` to ``t1`` of ``kind`` (:data:`TIME_GRIDS`), float64."""
@@ -106,10 +162,7 @@ def make_grid(kind: str, t0: float, t1: float, points: int, *, shift: float = 1.
     if kind == "fitted":
         if fitted is None:
             raise InputError("time_grid='fitted' needs fitted_grid")
-        if len(fitted) != points:
-            raise InputError(f"fitted_grid has {len(fitted)} times, this run needs {points}: run the number of "
-                             "steps it was fitted for")
-        return torch.tensor(list(fitted), dtype=torch.float64)
+        return warp_grid(fitted, points)
     raise InputError(f"unknown time_grid {kind!r}; valid: {', '.join(TIME_GRIDS)}")
 
 
