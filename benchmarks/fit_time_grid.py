@@ -198,6 +198,34 @@ def rmse(x: torch.Tensor, ref: torch.Tensor) -> float:
     return float(((x.double() - ref.double()) ** 2).mean().sqrt())
 
 
+def reference_batch(pipe: Any, model: Path, model_keys: dict[str, Any], n: int, seed: int, guidance: float,
+                    tol: tuple[float, float], cache: Path | None, name: str = "batch",
+                    ) -> tuple[torch.Tensor, Any, torch.Tensor]:
+    """``(noise (n, C, S, S), guided model_fn, reference (n, C, S, S))`` of one batch: noise seeded by ``seed``,
+    labels ``i % num_classes``, the reference our dopri5 at ``tol = (atol, rtol)`` from that noise; kept in
+    ``cache`` (keyed by the model's weight files, ``n``, ``seed``, guidance and tolerances) when given."""
+    tcfg = pipe.transformer.config
+    shape = (int(tcfg.in_channels), int(tcfg.sample_size), int(tcfg.sample_size))
+    labels = torch.arange(n) % pipe.num_classes
+    noise = torch.randn(n, *shape, generator=torch.Generator().manual_seed(seed))  # (n, C, S, S)
+    fn = pipe.guided_model_fn(labels, guidance)
+    weights = sorted((Path(model) / "transformer").glob("*.safetensors"))
+    model_tag = "|".join(f"{w.resolve()}:{w.stat().st_size}:{w.stat().st_mtime_ns}" for w in weights)
+    key = hashlib.sha256(f"{model_tag}|{n}|{seed}|{guidance}|{tol}".encode()).hexdigest()[:20]
+    cached = Path(cache) / f"reference_{key}.pt" if cache is not None else None
+    if cached is not None and cached.is_file():
+        return noise, fn, torch.load(cached)
+    t0 = time.time()
+    ref_core = SamplerCore({**model_keys, "mode": "ode", "solver": "dopri5", "atol": tol[0], "rtol": tol[1]})
+    with torch.no_grad():
+        out = ref_core.sample(fn, noise, 1)
+    print(f"[{name}] reference dopri5: {out.nfe} NFE, {time.time() - t0:.0f} s", flush=True)
+    if cached is not None:
+        Path(cache).mkdir(parents=True, exist_ok=True)
+        write_file_atomically(cached, lambda p, r=out.sample: torch.save(r, p))
+    return noise, fn, out.sample
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     s = check_args(args)
@@ -207,32 +235,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     pipe = SiTPipeline.from_pretrained(str(s["model"]))
     pipe.set_progress_bar_config(disable=True)
-    tcfg = pipe.transformer.config
-    shape = (int(tcfg.in_channels), int(tcfg.sample_size), int(tcfg.sample_size))
-    weights = sorted((s["model"] / "transformer").glob("*.safetensors"))
-    model_tag = "|".join(f"{w.resolve()}:{w.stat().st_size}:{w.stat().st_mtime_ns}" for w in weights)
-    batches: dict[str, tuple[torch.Tensor, Any, torch.Tensor]] = {}
     t_start = time.time()
-    for name, (n, seed) in s["batches"].items():
-        labels = torch.arange(n) % pipe.num_classes
-        noise = torch.randn(n, *shape, generator=torch.Generator().manual_seed(seed))  # (n, C, S, S)
-        fn = pipe.guided_model_fn(labels, s["guidance"])
-        key = hashlib.sha256(f"{model_tag}|{n}|{seed}|{s['guidance']}|{s['tol']}".encode()).hexdigest()[:20]
-        cached = Path(args.cache) / f"reference_{key}.pt" if args.cache is not None else None
-        if cached is not None and cached.is_file():
-            ref = torch.load(cached)
-        else:
-            t0 = time.time()
-            ref_core = SamplerCore({**s["model_keys"], "mode": "ode", "solver": "dopri5", "atol": s["tol"][0],
-                                    "rtol": s["tol"][1]})
-            with torch.no_grad():
-                out = ref_core.sample(fn, noise, 1)
-            ref = out.sample
-            print(f"[{name}] reference dopri5: {out.nfe} NFE, {time.time() - t0:.0f} s", flush=True)
-            if cached is not None:
-                Path(args.cache).mkdir(parents=True, exist_ok=True)
-                write_file_atomically(cached, lambda p, r=ref: torch.save(r, p))
-        batches[name] = (noise, fn, ref)
+    batches = {name: reference_batch(pipe, s["model"], s["model_keys"], n, seed, s["guidance"], s["tol"],
+                                     args.cache, name)
+               for name, (n, seed) in s["batches"].items()}
 
     core, steps = s["core"], s["steps"]
     fit_noise, fit_fn, fit_ref = batches["fit"]
