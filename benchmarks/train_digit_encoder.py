@@ -11,18 +11,28 @@ reference). So this one differs in both:
   grey levels, written by other people, scanned by another process) -- neither split of the MNIST subset.
   Each image is brought to MNIST's layout: upsampled (bilinear) to 20x20 and centred in 28x28 on a black
   background, in [-1, 1]. Its labels are never read.
-* **Objective**: masked image modelling (SimMIM, Xie et al. 2022, arXiv 2111.09886): a random 50% of the
-  7x7 patches of 4x4 px are replaced by the model's mask token (``Dinov2Model``'s ``bool_masked_pos``), and a
-  linear head (not saved) regresses the masked patches' pixels from the last hidden state (L1 loss on the
-  masked patches only), with random affine augmentation (rotation +-12 deg, scale 0.9-1.1, shift +-2 px).
+* **Objective** (``--objective``, no label anywhere):
+
+  - ``simmim`` (the shipped encoder's; SimMIM, Xie et al. 2022, arXiv 2111.09886): a random 50% of the 7x7
+    patches of 4x4 px are replaced by the model's mask token (``Dinov2Model``'s ``bool_masked_pos``), and a
+    linear head (not saved) regresses the masked patches' pixels from the last hidden state (L1 on the masked
+    patches only), with random affine augmentation (rotation +-12 deg, scale 0.9-1.1, shift +-2 px).
+  - ``simclr`` (SimCLR, Chen et al. 2020, arXiv 2002.05709): two augmented views of each image (random affine:
+    rotation +-15 deg, scale 0.9-1.1, shift +-3 px; a smooth elastic displacement of about 1 px; stroke
+    thickness jitter; a random blur), the mean patch token of each through a small MLP projection head (not
+    saved), and the NT-Xent loss (temperature ``--temperature``, 0.2): each view must pick its partner among
+    the other ``2 B - 1`` views of the batch. Tried for the shipped encoder and not kept: at the budget this
+    CPU affords (300 steps of 96) it probes worse on the mean token (docs/repa.md).
+  - ``both``: the sum; the first view is masked, its tokens feed the pixel head and its mean token the
+    contrastive head (two encoder passes per image, as ``simclr``).
 
 The model is a ``transformers`` ``Dinov2Model`` (1 channel, 28 px, patch 4: the digit SiT's 7x7 token grid;
 width 64, 4 layers, 4 heads), saved with ``save_pretrained`` (safetensors) and an image-processor config
 (28 px, mean 0.5, std 0.5: the encoder sees the images in [-1, 1] unchanged), so it loads through
 ``AutoModel.from_pretrained`` exactly as DINOv2 does (``training.repa.RepaEncoder``).
 
-Sanity numbers written to ``OUT/train_report.json`` and ``OUT/README.md``: the masked-patch L1 on the MNIST
-held-out images, and a linear probe (logistic regression on the mean patch token, fit on the MNIST training
+Sanity numbers written to ``OUT/train_report.json`` and ``OUT/README.md``: the training loss, and a linear
+probe (logistic regression on the mean patch token, fit on the MNIST training
 split, scored on the held-out split) beside the same probe on a random-init encoder of the same shape and on
 raw pixels. The probe is a diagnostic only: nothing of it is saved or used for training.
 """
@@ -46,12 +56,17 @@ REPO = Path(__file__).resolve().parents[1]
 PROG = "train_digit_encoder.py"
 DEFAULT_OUT = REPO / "src" / "sit_diffusers" / "data" / "digit-encoder"
 IMAGE_SIZE, PATCH_SIZE, DIGIT_BOX = 28, 4, 20
+OBJECTIVES = ("simmim", "simclr", "both")
+PROJECTION_DIM = 64
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0], allow_abbrev=False)
     parser.add_argument("--out", default=str(DEFAULT_OUT), help=f"output folder (default: {DEFAULT_OUT})")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --out (default: off)")
+    parser.add_argument("--objective", choices=OBJECTIVES, default="simmim",
+                        help="self-supervised objective: simmim (masked patches), simclr (contrastive) or both, "
+                        "summed (default: simmim, the shipped encoder's)")
     parser.add_argument("--steps", type=int, default=1500, help="optimiser steps (default: 1500)")
     parser.add_argument("--batch-size", type=int, default=128, help="images per step (default: 128)")
     parser.add_argument("--lr", type=float, default=1e-3, help="AdamW peak learning rate, cosine decay (default: 1e-3)")
@@ -60,6 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--heads", type=int, default=4, help="attention heads; divides --hidden-size (default: 4)")
     parser.add_argument("--mask-ratio", type=float, default=0.5, help="fraction of patches masked, in (0, 1) "
                         "(default: 0.5)")
+    parser.add_argument("--temperature", type=float, default=0.2,
+                        help="NT-Xent temperature (simclr, both), > 0 (default: 0.2)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the init, masks and augmentation (default: 0)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--skip-probe", action="store_true", help="skip the linear probes (a smoke run; default: off)")
@@ -70,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
 def check_args(args: argparse.Namespace) -> Path:
     """Every value, before any work; returns the absolute output folder."""
     from sit_diffusers.atomic import check_output_folder
-    from sit_diffusers.validation import InputError, check_float, check_int, check_seed
+    from sit_diffusers.validation import InputError, check_choice, check_float, check_int, check_seed
 
     check_int("--steps", args.steps, minimum=1)
     check_int("--batch-size", args.batch_size, minimum=2)
@@ -80,6 +97,8 @@ def check_args(args: argparse.Namespace) -> Path:
     check_int("--heads", args.heads, minimum=1)
     if args.hidden_size % args.heads:
         raise InputError(f"--heads {args.heads} must divide --hidden-size {args.hidden_size}")
+    check_choice("--objective", args.objective, OBJECTIVES)
+    check_float("--temperature", args.temperature, minimum=0.0, min_inclusive=False)
     check_float("--mask-ratio", args.mask_ratio, minimum=0.0, maximum=1.0, min_inclusive=False, max_inclusive=False)
     check_seed("--seed", args.seed)
     if args.threads is not None:
@@ -103,16 +122,33 @@ def uci_digits() -> torch.Tensor:
     return F.pad(x, (pad,) * 4).clamp(0, 1) * 2 - 1  # (1797, 1, 28, 28) in [-1, 1]
 
 
-def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Random affine per image: rotation +-12 deg, scale 0.9..1.1, shift +-2 px (background -1)."""
+def augment(x: torch.Tensor, generator: torch.Generator, *, strong: bool = False) -> torch.Tensor:
+    """A random view of each image (background -1). Always a random affine: rotation +-12 deg, scale 0.9..1.1,
+    shift +-2 px. ``strong`` (the SimCLR views): rotation +-15 deg, shift +-3 px, plus a smooth elastic
+    displacement (a 4x4 field of N(0, 1 px) upsampled bicubically), stroke thickness jitter (a random blend
+    toward a 3x3 dilation or erosion) and a random blur (a blend toward a 3x3 Gaussian)."""
     n = x.shape[0]
+    max_angle, max_shift = (15, 3) if strong else (12, 2)
     u = torch.rand(n, 4, generator=generator) * 2 - 1  # (N, 4) in [-1, 1]
-    angle, scale = u[:, 0] * math.radians(12), 1 + 0.1 * u[:, 1]
-    shift = u[:, 2:] * (2 * 2 / IMAGE_SIZE)  # +-2 px in normalised coordinates
+    angle, scale = u[:, 0] * math.radians(max_angle), 1 + 0.1 * u[:, 1]
+    shift = u[:, 2:] * (2 * max_shift / IMAGE_SIZE)  # +-max_shift px in normalised coordinates
     cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
     theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)  # (N, H, W, 2)
-    return F.grid_sample(x + 1, grid, mode="bilinear", padding_mode="zeros", align_corners=False) - 1
+    if strong:
+        field = torch.randn(n, 2, 4, 4, generator=generator) * (2 / IMAGE_SIZE)  # (N, 2, 4, 4): ~1 px
+        field = F.interpolate(field, size=(IMAGE_SIZE, IMAGE_SIZE), mode="bicubic", align_corners=False)
+        grid = grid + field.permute(0, 2, 3, 1)  # (N, H, W, 2)
+    x = F.grid_sample(x + 1, grid, mode="bilinear", padding_mode="zeros", align_corners=False) / 2  # [0, 1]
+    if strong:
+        v = torch.rand(n, 2, 1, 1, 1, generator=generator)  # (N, 2, 1, 1, 1) in [0, 1]
+        thick = v[:, 0] * 2 - 1  # (N, 1, 1, 1): > 0 thicker, < 0 thinner
+        dilated, eroded = F.max_pool2d(x, 3, 1, 1), -F.max_pool2d(-x, 3, 1, 1)
+        x = torch.where(thick > 0, x + thick * (dilated - x), x - thick * (eroded - x))
+        kernel = torch.tensor([1.0, 2.0, 1.0])
+        kernel = (kernel[:, None] * kernel[None, :] / 16).reshape(1, 1, 3, 3)
+        x = x + v[:, 1] * (F.conv2d(x, kernel, padding=1) - x)
+    return x.clamp(0, 1) * 2 - 1  # (N, 1, 28, 28) in [-1, 1]
 
 
 def patchify(x: torch.Tensor) -> torch.Tensor:
@@ -151,13 +187,52 @@ def random_mask(n: int, ratio: float, generator: torch.Generator) -> torch.Tenso
     return order < k  # (N, 49) bool: exactly k masked per image
 
 
+def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Tensor:
+    """SimCLR's NT-Xent loss (Chen et al. 2020, eq. 1) of two batches of projections ``(B, P)`` of the same
+    images: for each of the ``2 B`` views, cross-entropy of picking its partner among the other ``2 B - 1`` by
+    cosine similarity / temperature; the mean over the ``2 B`` views."""
+    z = F.normalize(torch.cat([z1, z2]), dim=-1)  # (2B, P)
+    logits = z @ z.T / temperature  # (2B, 2B)
+    logits = logits.masked_fill(torch.eye(len(z), dtype=torch.bool, device=z.device), float("-inf"))
+    b = len(z1)
+    partner = torch.cat([torch.arange(b, 2 * b), torch.arange(0, b)]).to(z.device)  # (2B,)
+    return F.cross_entropy(logits, partner)
+
+
+def projection_head(width: int) -> torch.nn.Module:
+    """SimCLR's projection MLP ``g`` over the mean patch token (not saved)."""
+    return torch.nn.Sequential(torch.nn.Linear(width, width * 2), torch.nn.ReLU(),
+                               torch.nn.Linear(width * 2, PROJECTION_DIM))
+
+
+def objective_loss(encoder: Any, heads: dict[str, torch.nn.Module], x: torch.Tensor, args: argparse.Namespace,
+                   generator: torch.Generator) -> torch.Tensor:
+    """One batch of clean images ``(B, 1, 28, 28)`` -> the ``--objective`` loss (a scalar)."""
+    if args.objective == "simmim":
+        return masked_l1(encoder, heads["pixels"], augment(x, generator),
+                         random_mask(len(x), args.mask_ratio, generator))
+    v1, v2 = augment(x, generator, strong=True), augment(x, generator, strong=True)  # (B, 1, 28, 28) each
+    mask = random_mask(len(x), args.mask_ratio, generator) if args.objective == "both" else None
+    t1 = encoder(pixel_values=v1, bool_masked_pos=mask).last_hidden_state[:, 1:]  # (B, 49, D)
+    t2 = encoder(pixel_values=v2).last_hidden_state[:, 1:]  # (B, 49, D)
+    loss = nt_xent(heads["project"](t1.mean(1)), heads["project"](t2.mean(1)), args.temperature)
+    if mask is not None:
+        err = (heads["pixels"](t1) - patchify(v1)).abs().mean(-1)  # (B, 49)
+        loss = loss + (err * mask).sum() / mask.sum().clamp(min=1)
+    return loss
+
+
 def train(args: argparse.Namespace, log: bool = True) -> tuple[Any, dict[str, Any]]:
     torch.manual_seed(args.seed)
     generator = torch.Generator().manual_seed(args.seed)
     data = uci_digits()  # (1797, 1, 28, 28)
     encoder = build_encoder(args).train()
-    head = torch.nn.Linear(args.hidden_size, PATCH_SIZE * PATCH_SIZE)
-    params = [*encoder.parameters(), *head.parameters()]
+    heads: dict[str, torch.nn.Module] = {}
+    if args.objective in ("simmim", "both"):
+        heads["pixels"] = torch.nn.Linear(args.hidden_size, PATCH_SIZE * PATCH_SIZE)
+    if args.objective in ("simclr", "both"):
+        heads["project"] = projection_head(args.hidden_size)
+    params = [*encoder.parameters(), *(p for head in heads.values() for p in head.parameters())]
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.05, betas=(0.9, 0.95))
     warmup = min(100, args.steps // 10)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, warmup))
@@ -165,12 +240,11 @@ def train(args: argparse.Namespace, log: bool = True) -> tuple[Any, dict[str, An
     start, history = time.perf_counter(), []
     for step in range(args.steps):
         idx = torch.randint(0, len(data), (args.batch_size,), generator=generator)
-        x = augment(data[idx], generator)
-        loss = masked_l1(encoder, head, x, random_mask(len(x), args.mask_ratio, generator))
+        loss = objective_loss(encoder, heads, data[idx], args, generator)
         if not torch.isfinite(loss):
             from sit_diffusers.validation import NonFiniteError
 
-            raise NonFiniteError(f"the masked-patch loss is NaN/inf at step {step} (--lr {args.lr}); lower --lr")
+            raise NonFiniteError(f"the {args.objective} loss is NaN/inf at step {step} (--lr {args.lr}); lower --lr")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -178,12 +252,14 @@ def train(args: argparse.Namespace, log: bool = True) -> tuple[Any, dict[str, An
         sched.step()
         history.append(float(loss.detach()))
         if log and (step + 1) % max(1, args.steps // 10) == 0:
-            print(f"step {step + 1}/{args.steps}  masked L1 {np.mean(history[-50:]):.4f}  "
+            print(f"step {step + 1}/{args.steps}  {args.objective} loss {np.mean(history[-50:]):.4f}  "
                   f"({time.perf_counter() - start:.0f} s)", flush=True)
     seconds = time.perf_counter() - start
-    report = {"train_seconds": round(seconds, 1), "steps": args.steps, "batch_size": args.batch_size,
-              "final_train_masked_l1": round(float(np.mean(history[-50:])), 4)}
-    report["heldout_masked_l1"] = round(heldout_l1(encoder.eval(), head, args.mask_ratio), 4)
+    report = {"objective": args.objective, "train_seconds": round(seconds, 1), "steps": args.steps,
+              "batch_size": args.batch_size, "first_train_loss": round(float(np.mean(history[:10])), 4),
+              "final_train_loss": round(float(np.mean(history[-50:])), 4)}
+    if "pixels" in heads:
+        report["heldout_masked_l1"] = round(heldout_l1(encoder.eval(), heads["pixels"], args.mask_ratio), 4)
     return encoder.eval(), report
 
 
@@ -237,8 +313,25 @@ def save(encoder: Any, report: dict[str, Any], args: argparse.Namespace, out: Pa
     write_folder_atomically(out, write)
 
 
+OBJECTIVE_TEXT = {
+    "simclr": "contrastive learning (SimCLR: two augmented views of each image -- affine, elastic, stroke "
+              "thickness, blur -- their mean patch tokens through an MLP projection head, not saved; NT-Xent loss, "
+              "temperature {temperature})",
+    "simmim": "masked image modelling (SimMIM: {mask_pct}% of the patches replaced by the mask token, a linear "
+              "pixel head, not saved, regresses them; L1), with random affine augmentation",
+    "both": "the sum of contrastive learning (SimCLR, NT-Xent at temperature {temperature} on the mean patch "
+            "token of two augmented views, through an MLP projection head) and masked image modelling (SimMIM: "
+            "{mask_pct}% of the first view's patches masked, a linear pixel head regresses them; L1); heads not saved",
+}
+
+
 def model_card(report: dict[str, Any], args: argparse.Namespace) -> str:
     report = {k: float("nan") if v is None else v for k, v in report.items()}  # --skip-probe
+    objective = OBJECTIVE_TEXT[args.objective].format(temperature=args.temperature,
+                                                      mask_pct=round(100 * args.mask_ratio))
+    heldout = ("" if "heldout_masked_l1" not in report else
+               f"| masked-patch L1 (pixels in [-1, 1]), MNIST held-out images (never trained on) | "
+               f"{report['heldout_masked_l1']} |\n")
     return f"""# digit-encoder: a small self-supervised encoder of 28 px digits (for REPA on the digit SiT)
 
 `transformers` `Dinov2Model`, 1 channel, 28 px, patch 4 (7x7 patch tokens after one CLS token), width
@@ -246,20 +339,18 @@ def model_card(report: dict[str, Any], args: argparse.Namespace) -> str:
 `transformers.AutoModel.from_pretrained(folder)`, or `training.repa.RepaEncoder.from_pretrained(folder)`
 (its `preprocessor_config.json`: 28 px, mean 0.5, std 0.5, so images in [-1, 1] go in unchanged).
 
-Made by `python benchmarks/train_digit_encoder.py --out src/sit_diffusers/data/digit-encoder --overwrite`
-(seed {args.seed}, {args.steps} steps of batch {args.batch_size}, AdamW lr {args.lr} cosine, mask ratio {args.mask_ratio}):
-masked image modelling (SimMIM: 50% of the patches replaced by the mask token, a linear pixel head, not
-saved, regresses them; L1) on scikit-learn's `load_digits` (1,797 UCI 8x8 digits brought to MNIST's
-layout; labels unused), with random affine augmentation. It never saw an MNIST image nor a label: it is
-independent of the evaluation classifier (supervised, MNIST training split) and of the FD reference (MNIST
-held-out split).
+Made by `{report['command']}`
+(seed {args.seed}, {args.steps} steps of batch {args.batch_size}, AdamW lr {args.lr} cosine): {objective},
+on scikit-learn's `load_digits` (1,797 UCI 8x8 digits brought to MNIST's layout; labels unused). It never saw
+an MNIST image nor a label: it is independent of the evaluation classifier (supervised, MNIST training split)
+and of the FD reference (MNIST held-out split). The linear probes below are diagnostics only (fit on the MNIST
+training split, scored on the held-out split; nothing of them is saved).
 
 | sanity number | value |
 |---|---|
 | training time (CPU, {args.threads or 'default'} threads, shared machine) | {report['train_seconds']} s |
-| masked-patch L1 (pixels in [-1, 1]), training data, last 50 steps | {report['final_train_masked_l1']} |
-| masked-patch L1, MNIST held-out images (never trained on) | {report['heldout_masked_l1']} |
-| linear probe, mean patch token (fit on MNIST train, scored on held-out) | {report['probe_trained']:.3f} |
+| {args.objective} loss, first 10 steps -> last 50 steps | {report['first_train_loss']} -> {report['final_train_loss']} |
+{heldout}| linear probe, mean patch token | {report['probe_trained']:.3f} |
 | same probe, random-init encoder of the same shape | {report['probe_random_init']:.3f} |
 | linear probe, all 49 patch tokens concatenated | {report['probe_tokens_trained']:.3f} |
 | same probe, random-init encoder | {report['probe_tokens_random_init']:.3f} |

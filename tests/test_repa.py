@@ -5,6 +5,7 @@ on-the-fly ones (flips included), and a table of bad inputs. All offline with ti
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 
@@ -420,6 +421,10 @@ ENCODER_BAD = [
     (["--heads", "3"], ["--heads 3", "--hidden-size 64"]),
     (["--layers", "0"], ["--layers", "0"]),
     (["--mask-ratio", "1"], ["--mask-ratio", "1"]),
+    (["--objective", "simclrr"], ["--objective", "'simclrr'", "simclr"]),
+    (["--temperature", "0"], ["--temperature", "0"]),
+    (["--temperature", "nan"], ["--temperature", "nan"]),
+    (["--temperature", "-0.2"], ["--temperature", "-0.2"]),
     (["--seed", "-1"], ["--seed", "-1"]),
     (["--threads", "0"], ["--threads", "0"]),
     (["--out", "{tmp}/full"], ["--out", "full", "--overwrite"]),
@@ -442,17 +447,67 @@ def test_train_digit_encoder_refuses_bad_flags_and_writes_nothing(args, expected
     assert _files(tmp_path) == before
 
 
-def test_train_digit_encoder_smoke_saves_an_automodel_folder(tmp_path, capsys):
+@pytest.mark.parametrize("objective", ["simclr", "simmim", "both"])
+def test_train_digit_encoder_smoke_saves_an_automodel_folder(objective, tmp_path, capsys):
     script = _load_script("train_digit_encoder")
     out = tmp_path / "enc"
-    argv = ["--out", str(out), "--steps", "2", "--batch-size", "8", "--hidden-size", "16", "--layers", "1",
-            "--heads", "2", "--skip-probe"]
+    argv = ["--out", str(out), "--objective", objective, "--steps", "2", "--batch-size", "8", "--hidden-size", "16",
+            "--layers", "1", "--heads", "2", "--skip-probe"]
     assert _run_cli(script, argv, capsys)[0] == 0
     assert {"config.json", "model.safetensors", "preprocessor_config.json", "README.md"} <= {p.name for p in out.iterdir()}
+    report = json.loads((out / "train_report.json").read_text())
+    assert report["objective"] == objective and ("heldout_masked_l1" in report) == (objective != "simclr")
     enc = repa.RepaEncoder.from_pretrained(str(out))
     assert (enc.num_channels, enc.grid, enc.hidden_size, enc.image_size) == (1, (7, 7), 16, 28)
     x = torch.rand(2, 1, 28, 28) * 2 - 1
     assert torch.equal(enc.preprocess(x), x)  # mean 0.5, std 0.5: the [-1, 1] images go in unchanged
+
+
+def test_nt_xent_matches_hand_computation():
+    script = _load_script("train_digit_encoder")
+    g = torch.Generator().manual_seed(0)
+    z1, z2, tau = torch.randn(3, 5, generator=g), torch.randn(3, 5, generator=g), 0.3
+    z = torch.nn.functional.normalize(torch.cat([z1, z2]), dim=-1).double()
+    terms = []
+    for i in range(6):
+        partner = (i + 3) % 6
+        others = [j for j in range(6) if j != i]
+        logits = torch.stack([z[i] @ z[j] / tau for j in others])
+        terms.append(-(z[i] @ z[partner] / tau - torch.logsumexp(logits, 0)))
+    assert float(script.nt_xent(z1, z2, tau)) == pytest.approx(float(torch.stack(terms).mean()), rel=1e-5)
+    # identical, well-separated pairs: near-zero loss; a swapped partner: large
+    e = torch.eye(5)[:3] * 10
+    assert float(script.nt_xent(e, e, 0.1)) < 1e-3 < float(script.nt_xent(e, e.flip(0), 0.1))
+
+
+def test_strong_views_stay_in_range_and_follow_the_generator():
+    script = _load_script("train_digit_encoder")
+    x = script.uci_digits()[:8]  # (8, 1, 28, 28)
+    v1 = script.augment(x, torch.Generator().manual_seed(1), strong=True)
+    v2 = script.augment(x, torch.Generator().manual_seed(1), strong=True)
+    v3 = script.augment(x, torch.Generator().manual_seed(2), strong=True)
+    assert v1.shape == x.shape and torch.equal(v1, v2) and not torch.equal(v1, v3)
+    assert v1.min() >= -1 and v1.max() <= 1 and v1.mean() < -0.5  # still a digit on a black background
+
+
+@pytest.mark.parametrize("objective", ["simclr", "both"])
+def test_contrastive_loss_decreases_on_a_tiny_encoder(objective):
+    script = _load_script("train_digit_encoder")
+    args = script.build_parser().parse_args(["--objective", objective, "--hidden-size", "16", "--layers", "1",
+                                             "--heads", "2"])
+    torch.manual_seed(0)
+    encoder = script.build_encoder(args).train()
+    heads = {"project": script.projection_head(16), "pixels": torch.nn.Linear(16, 16)}
+    opt = torch.optim.AdamW([*encoder.parameters(), *(p for h in heads.values() for p in h.parameters())], lr=3e-3)
+    x = script.uci_digits()[:16]  # (16, 1, 28, 28)
+    losses = []
+    for _ in range(15):
+        loss = script.objective_loss(encoder, heads, x, args, torch.Generator().manual_seed(0))  # the same views
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    assert losses[-1] < 0.9 * losses[0], losses
 
 
 def test_shipped_digit_encoder_loads_like_dinov2():
