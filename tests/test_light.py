@@ -197,7 +197,8 @@ def test_a_saved_folder_loads_light_with_the_same_config(tmp_path, full):
     folder = tmp_path / "saved"
     full.save_pretrained(folder)  # new-style index: code entries ["sit_transformer", ...]
     pipe = LightPipeline.from_folder(folder)
-    assert pipe.config.default_num_inference_steps == 10 and pipe.default_guidance_scale == 1.5
+    assert pipe.config.default_num_inference_steps == full.config.default_num_inference_steps
+    assert pipe.default_guidance_scale == full.config.default_guidance_scale == 1.5
     assert pipe.scheduler.config == SamplerCore(full.scheduler.config).config
     assert pipe.id2label == full.id2label
 
