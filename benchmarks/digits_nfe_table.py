@@ -32,6 +32,7 @@ ROWS: list[tuple[str, dict[str, Any] | None, int]] = [
     ("ode-heun", {"mode": "ode", "solver": "heun"}, 4),
     ("ode-ab2", {"mode": "ode", "solver": "ab2"}, 8),
     ("ode-ab3 = ode-fast (uniform grid)", {"mode": "ode", "solver": "ab3"}, 7),
+    ("abm4 (uniform grid)", {"mode": "ode", "solver": "abm4"}, 7),
     ("ode-dpm++2m", {"mode": "ode", "solver": "dpm++2m"}, 8),
     ("ode-unipc", {"mode": "ode", "solver": "unipc"}, 8),
     ("saved sampler", None, 7),

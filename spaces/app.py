@@ -83,7 +83,7 @@ MAX_SEED = 2**31 - 1
 MAX_LABEL_CHARS = 200
 
 MODES = ("ODE", "SDE")
-SOLVERS: dict[str, tuple[str, ...]] = {"ODE": ("euler", "heun", "dopri5", "ab3"), "SDE": ("euler", "heun")}
+SOLVERS: dict[str, tuple[str, ...]] = {"ODE": ("euler", "heun", "dopri5", "ab3", "abm4"), "SDE": ("euler", "heun")}
 #: The sampler's diffusion forms (``interpolants.DIFFUSION_FORMS``), the official default "sigma" first.
 DIFFUSION_FORMS = ("sigma", *(form for form in _LIB_DIFFUSION_FORMS if form != "sigma"))
 ADAPTIVE_SOLVERS = ("dopri5",)
@@ -547,7 +547,8 @@ along an interpolant `x_t = alpha_t * x_image + sigma_t * noise`. Sampling integ
   for different seeds.
 - **Solver**: *euler* (1 model call per step), *heun* (2 per step), *dopri5* (adaptive, the step count is
   chosen by the error control; the NFE shows what it used), *ab3* (Adams-Bashforth 3: 1 call per step,
-  reusing the last two; the digits model's default, on its fitted time grid: 7 steps = 8 calls).
+  reusing the last two), *abm4* (ab3 plus an Adams-Moulton correction from the same call; the digits model's
+  default, on its fitted time grid: 7 steps = 8 calls).
 - **Steps**: more steps, more model calls (NFE), better images; capped at {max_steps}.
 - **Guidance scale**: classifier-free guidance; 1 = none. Higher follows the class more, with less variety.
 - **Guidance interval**: guidance is applied only for t in [start, end] (t = 0 noise, t = 1 image).

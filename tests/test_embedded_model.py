@@ -37,7 +37,7 @@ def test_shipped_folder_is_small_and_configured(pipe) -> None:
     assert pipe.id2label == {i: str(i) for i in range(10)}
     assert pipe.get_label_ids(["7", 3]) == [7, 3]
     sched = pipe.scheduler.config
-    assert (sched.mode, sched.solver, sched.path_type, sched.prediction) == ("ode", "ab3", "linear", "velocity")
+    assert (sched.mode, sched.solver, sched.path_type, sched.prediction) == ("ode", "abm4", "linear", "velocity")
     assert sched.time_grid == "fitted" and len(sched.fitted_grid) == 8  # fitted for 7 steps
     assert pipe.config.default_num_inference_steps == 7
     assert pipe.scheduler.num_model_evaluations(7) == 8  # fewer than the old ODE Heun 10 steps (20 NFE)

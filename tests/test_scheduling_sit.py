@@ -308,7 +308,7 @@ def test_presets_and_evaluation_counts():
 
 
 def test_names_and_combinations_are_validated():
-    with pytest.raises(ValueError, match=r"valid: euler, heun, midpoint, rk4, ab2, ab3, dpm\+\+2m, unipc, dopri5"):
+    with pytest.raises(ValueError, match=r"valid: euler, heun, midpoint, rk4, ab2, ab3, abm4, dpm\+\+2m, unipc, dopri5"):
         SiTSampler(mode="ode", solver="dpm")
     with pytest.raises(ValueError, match="valid: euler, heun"):
         SiTSampler(mode="sde", solver="dopri5")

@@ -147,7 +147,7 @@ BAD_REQUESTS = [
     ({"mode": "sdee"}, "Sampler mode must be one of ODE, SDE, got 'sdee'. Did you mean 'SDE'?"),
     ({"mode": None}, "Sampler mode must be one of ODE, SDE, got None."),
     ({"mode": "SDE", "solver": "dopri5"}, "Solver 'dopri5' is not available for SDE; choose one of euler, heun."),
-    ({"solver": "huen"}, "Solver 'huen' is not available for ODE; choose one of euler, heun, dopri5, ab3. "
+    ({"solver": "huen"}, "Solver 'huen' is not available for ODE; choose one of euler, heun, dopri5, ab3, abm4. "
                          "Did you mean 'heun'?"),  # fmt: skip
     ({"solver": 2}, "Solver 2 is not available for ODE"),
     # steps

@@ -225,8 +225,8 @@ class SamplerCore:
         if self.reverse and self.mode == "sde":
             raise InputError("reverse=True is for the ODE (data -> noise); the SDE runs noise -> data only")
         if self.reverse and self.is_exponential:
-            raise InputError(f"reverse=True needs a solver in t (euler, heun, midpoint, rk4, ab2, ab3 or an adaptive "
-                             f"one): the {self.solver} update divides by sigma_t, which is 0 at the data end")
+            raise InputError(f"reverse=True needs a solver in t (euler, heun, midpoint, rk4, ab2, ab3, abm4 or an "
+                             f"adaptive one): the {self.solver} update divides by sigma_t, which is 0 at the data end")
         if self.mode == "sde" and self.solver in SDE_MULTISTEP_SOLVERS and self.form != "SBDM":
             raise InputError(f"the SDE solver {self.solver!r} integrates SiT's SBDM diffusion D_t = norm * lambda_t "
                              f"exactly (its noise and drift are solved together): use diffusion_form='SBDM', got "
@@ -293,7 +293,8 @@ class SamplerCore:
 
     @property
     def is_multistep(self) -> bool:
-        """Reuses the drifts of earlier steps (ODE ``ab2``, ``ab3``, ``dpm++2m``, ``unipc``; SDE ``dpm++2m``)."""
+        """Reuses the drifts of earlier steps (ODE ``ab2``, ``ab3``, ``abm4``, ``dpm++2m``, ``unipc``; SDE
+        ``dpm++2m``)."""
         return (self.mode == "ode" and self.solver in ODE_MULTISTEP_SOLVERS) or (
             self.mode == "sde" and self.solver in SDE_MULTISTEP_SOLVERS)
 

@@ -121,7 +121,8 @@ class SiTSampler(SchedulerMixin, ConfigMixin):
             increasing from ``t0`` to ``t1``. Its own step count runs these times exactly; any other
             ``num_inference_steps`` samples the monotone time warp through them (``time_grids.warp_grid``).
 
-    ODE solvers also include the multistep ``"ab2"``, ``"ab3"`` (Adams-Bashforth), ``"dpm++2m"``
+    ODE solvers also include the multistep ``"ab2"``, ``"ab3"`` (Adams-Bashforth), ``"abm4"`` (AB3
+    predictor with a 4-point Adams-Moulton corrector that reuses the next step's evaluation), ``"dpm++2m"``
     (DPM-Solver++(2M)) and ``"unipc"`` (with the UniC corrector), one model call per step
     (:mod:`sit_diffusers.solvers`); the SDE solver ``"dpm++2m"`` (SDE-DPM-Solver++(2M)) integrates the SBDM
     diffusion with one call per step.
@@ -217,13 +218,14 @@ class SiTSampler(SchedulerMixin, ConfigMixin):
 
     @property
     def is_multistep(self) -> bool:
-        """The solver reuses the model outputs of earlier steps (``ab2``, ``ab3``, ``dpm++2m``, ``unipc``)."""
+        """The solver reuses the model outputs of earlier steps (``ab2``, ``ab3``, ``abm4``, ``dpm++2m``,
+        ``unipc``)."""
         return self._core.is_multistep
 
     @property
     def order(self) -> int:  # type: ignore[override]
         """Entries of ``timesteps`` (model calls) per solver step, diffusers' meaning: 1 for Euler,
-        Euler-Maruyama and the multistep methods (``ab3`` adds one call to its first step), 2 for Heun,
+        Euler-Maruyama and the multistep methods (``ab3`` and ``abm4`` add one call to their first step), 2 for Heun,
         midpoint and the stochastic Heun, 4 for RK4 (the SDE's last step is one more entry); adaptive
         solvers: 1 (they have no fixed steps)."""
         return self._core.order
