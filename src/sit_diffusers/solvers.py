@@ -330,16 +330,25 @@ def adams_bashforth_stages(order: int) -> Callable[..., Stages]:
             k2 = yield x + h * k1, t + h
             return x + h * (k1 * 0.5 + k2 * 0.5)
         f = yield x, t
-        history.push(tf, x, f)
-        q = min(order, len(history))
-        history.set_order(q)
-        w = adams_weights(history.times[-q:], tf, tn)
-        out = x
-        for wj, fj in zip(w, history.drifts[-q:], strict=True):
-            out = out + wj * fj
-        return out
+        return adams_bashforth_step(history, order, x, f, tf, tn)
 
     return stages
+
+
+def _weighted_sum(x: Tensor, weights: list[float], drifts: list[Tensor]) -> Tensor:
+    """``x + sum_j w_j f_j``, accumulated in order."""
+    for wj, fj in zip(weights, drifts, strict=True):
+        x = x + wj * fj
+    return x
+
+
+def adams_bashforth_step(history: History, order: int, x: Tensor, f: Tensor, tf: float, tn: float) -> Tensor:
+    """Record ``(tf, x, f)`` in ``history`` and step from ``x`` at ``tf`` to ``tn`` with Adams-Bashforth of
+    order ``min(order, len(history))`` (:func:`adams_weights` over the last step starts)."""
+    history.push(tf, x, f)
+    q = min(order, len(history))
+    history.set_order(q)
+    return _weighted_sum(x, adams_weights(history.times[-q:], tf, tn), history.drifts[-q:])
 
 
 def adams_bashforth_moulton_stages(corrector_points: int = 4) -> Callable[..., Stages]:
@@ -377,23 +386,15 @@ def adams_bashforth_moulton_stages(corrector_points: int = 4) -> Callable[..., S
         f = yield x, t
         q = min(corrector_points - 1, len(history))  # earlier nodes of the corrector
         w = adams_weights([*history.times[-q:], tf], history.times[-1], tf)
-        x_pred, x = x, history.states[-1]
-        for wj, fj in zip(w, [*history.drifts[-q:], f], strict=True):
-            x = x + wj * fj
+        x_pred, x = x, _weighted_sum(history.states[-1], w, [*history.drifts[-q:], f])
         if coefficients is not None:
             _, s_t, _, ds_t = coefficients(tf)
             if s_t > 0:
                 f = f + (x - x_pred) * (ds_t / s_t)
-        history.push(tf, x, f)
-        q = min(3, len(history))
-        history.set_order(q)
-        w = adams_weights(history.times[-q:], tf, tn)
-        out = x
-        for wj, fj in zip(w, history.drifts[-q:], strict=True):
-            out = out + wj * fj
-        return out
+        return adams_bashforth_step(history, 3, x, f, tf, tn)
 
     return stages
+
 
 def data_prediction(x: Tensor, v: Tensor, coefficients: Coefficients, t: float) -> Tensor:
     """The data prediction ``x1^ = E[x1 | x_t]`` from the velocity ``v = alpha' x1^ + sigma' x0^`` and
