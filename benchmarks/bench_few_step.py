@@ -121,6 +121,7 @@ class Row:
     make: Callable[[dict[str, Any]], Any]
     in_pipeline: bool = True
     targets: tuple[str, ...] = ("digits", "analytic")
+    fit_per_nfe: bool = False  # analytic only: a grid fitted at each NFE on another batch (fitted_rows)
 
 
 def config_rows(paths: Sequence[Path]) -> list[Row]:
@@ -241,6 +242,23 @@ def _diffusers_rows() -> list[Row]:
     return rows
 
 
+FIT_SEED_OFFSET = 10  # the fit batch of a fitted-grid row: noise seed --seed + 10, never the benchmark's
+FIT_POINTS = 1000
+FIT_EVALS = 150
+
+
+def fitted_rows(solvers: Sequence[str]) -> list[Row]:
+    """One analytic row per ODE solver whose time grid is fitted at each NFE (``time_grids.fit_time_grid``,
+    Nelder-Mead, :data:`FIT_EVALS` runs) to the exact flow on a separate batch of :data:`FIT_POINTS` points
+    (noise seed ``--seed + 10``), then run on the benchmark's noise: the per-model fitted grid of issue 15,
+    with the analytic target as the model."""
+    from sit_diffusers.scheduling_sit import SiTSampler
+
+    return [Row(f"ours ode {s}, grid fitted per NFE (on another batch)", "ours", "ode",
+                lambda cfg, s=s: SiTSampler(**{**cfg, "mode": "ode", "solver": s}), targets=("analytic",),
+                fit_per_nfe=True) for s in solvers]
+
+
 def discover_rows(grids: Sequence[str] = ()) -> list[Row]:
     """Every row, ours first; ``grids``: the non-uniform time grids to cross with every ODE solver."""
     return _sit_rows(grids) + _diffusers_rows()
@@ -336,6 +354,8 @@ def run_analytic(row: Row, budget: int, target: dict[str, Any], seed: int, proje
     gen = torch.Generator().manual_seed(seed + 3)  # Brownian increments of the stochastic rows
     velocity = target["mixture"].velocity
     t0 = time.perf_counter()
+    if row.fit_per_nfe:
+        scheduler = _fit_grid(scheduler, steps, target)
     if isinstance(scheduler, SiTSampler):
         out = scheduler.sample(velocity, target["noise"], steps, generator=gen)
         x, made = out.sample, out.nfe
@@ -351,6 +371,20 @@ def run_analytic(row: Row, budget: int, target: dict[str, Any], seed: int, proje
         "rmse": rmse(x, target["reference"]) if row.kind == "ode" else None,
         "w2": sliced_w2(x, target["exact"], projections, seed),
     }
+
+
+def _fit_grid(sampler: Any, steps: int, target: dict[str, Any]) -> Any:
+    """``sampler`` with a time grid of ``steps`` steps fitted to the exact flow on the target's fit batch."""
+    from sit_diffusers.scheduling_sit import SiTSampler
+    from sit_diffusers.time_grids import fit_time_grid
+
+    fit = target["fit"]
+    core = sampler.core
+    grid, _, _ = fit_time_grid(lambda z, g: core.sample(target["mixture"].velocity, z, steps, grid=g).sample,
+                               [fit["noise"]], [fit["reference"].reshape(fit["noise"].shape)],
+                               core.sampling_grid(steps, dtype=torch.float64), max_evals=FIT_EVALS)
+    return SiTSampler(**{**{k: v for k, v in sampler.config.items() if not k.startswith("_")},
+                         "time_grid": "fitted", "fitted_grid": grid})
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -615,6 +649,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--sampler-config", nargs="+", type=Path, default=[], metavar="JSON",
                         help="also run these saved SiTSampler configs (scheduler_config.json, e.g. a grid fitted to "
                              "the model) on the digits")
+    parser.add_argument("--fit-analytic", nargs="+", default=[], metavar="SOLVER",
+                        help="also run these ODE solvers on the analytic target with a time grid fitted at each NFE "
+                             f"on another batch ({FIT_POINTS} points, noise seed --seed + {FIT_SEED_OFFSET})")
     parser.add_argument("--rows", nargs="+", default=None, metavar="PATTERN",
                         help="run only the rows whose name contains one of these (case-insensitive)")
     parser.add_argument("--quick", action="store_true", help="a fast smoke run: NFE 4 8, 20 digits, 500 points")
@@ -704,7 +741,18 @@ def run(argv: Sequence[str]) -> None:
                 raise InputError(f"--grids {g!r} is not a time grid of SiTSampler; choose from "
                                  f"{', '.join(offered + ['none'])}")
             grids.append(g)
-    rows = select_rows(discover_rows(grids) + config_rows(args.sampler_config), args.rows)
+    from sit_diffusers.solvers import ODE_FIXED_SOLVERS, ODE_MULTISTEP_SOLVERS
+
+    fit_solvers = []
+    for name in args.fit_analytic:
+        if name not in (*ODE_FIXED_SOLVERS, *ODE_MULTISTEP_SOLVERS):
+            raise InputError(f"--fit-analytic {name!r} is not a fixed-step ODE solver; choose from "
+                             f"{', '.join([*ODE_FIXED_SOLVERS, *ODE_MULTISTEP_SOLVERS])}")
+        if name not in fit_solvers:
+            fit_solvers.append(name)
+    if fit_solvers and "analytic" not in targets:
+        raise InputError("--fit-analytic needs --targets analytic")
+    rows = select_rows(discover_rows(grids) + config_rows(args.sampler_config) + fitted_rows(fit_solvers), args.rows)
     settings = {"budgets": budgets, "grids": grids, "guidance_scale": scale, "seed": seed, "num_samples": n_digits,
                 "analytic_samples": n_points, "projections": projections, "model": str(model)}
     reused: list[dict[str, Any]] = []
@@ -761,6 +809,8 @@ def run(argv: Sequence[str]) -> None:
     if "analytic" in targets:
         t0 = time.perf_counter()
         a = analytic_target(n_points, seed, projections)
+        if fit_solvers:
+            a["fit"] = analytic_target(FIT_POINTS, seed + FIT_SEED_OFFSET, projections)
         payload["analytic"] = {"num_samples": n_points, "seed": seed, "projections": projections,
                                "reference_tol": list(ANALYTIC_REF_TOL), "reference_nfe": a["reference_nfe"],
                                "floor_w2": a["floor_w2"], "reference_w2": a["reference_w2"]}
