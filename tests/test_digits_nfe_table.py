@@ -7,6 +7,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import digits_nfe_table  # noqa: E402
+from conftest import assert_refused  # noqa: E402
 
 BAD = [
     (["--seed", "-1"], "--seed"),
@@ -23,15 +24,13 @@ BAD = [
 
 @pytest.mark.parametrize("argv, named", BAD, ids=[" ".join(a) for a, _ in BAD])
 def test_bad_flags_exit_2_naming_the_flag(argv, named, tmp_path, capsys):
-    out = tmp_path / "table.json"
-    code = digits_nfe_table.main([*argv, "--json", str(out)])
-    err = capsys.readouterr().err
-    assert code == 2 and named in err and len(err.strip().splitlines()) == 1
-    assert not out.exists()
+    err = assert_refused(digits_nfe_table.main, [*argv, "--json", str(tmp_path / "table.json")], tmp_path, capsys,
+                         digits_nfe_table.PROG)
+    assert named in err, err
 
 
 def test_json_under_a_file_is_refused(tmp_path, capsys):
-    blocker = tmp_path / "file"
-    blocker.write_text("x")
-    assert digits_nfe_table.main(["--json", str(blocker / "t.json")]) == 2
-    assert "--json" in capsys.readouterr().err
+    (tmp_path / "file").write_text("x")
+    err = assert_refused(digits_nfe_table.main, ["--json", str(tmp_path / "file" / "t.json")], tmp_path, capsys,
+                         digits_nfe_table.PROG)
+    assert "--json" in err, err
