@@ -41,6 +41,7 @@ from sit_diffusers.evaluation import EMBEDDED_GUIDANCE_SCALE
 from sit_diffusers.pipeline_sit import SiTPipeline
 from sit_diffusers.scheduling_sit import SiTSampler
 from sit_diffusers.validation import (
+    CLIParser,
     InputError,
     check_device,
     check_float,
@@ -57,15 +58,9 @@ STRENGTHS = (0.3, 0.5, 0.7, 0.9)
 EDIT_STEPS = 10  # the embedded model's saved ODE Heun steps
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse whose errors (unknown flag, missing value, bad type) are one-line ``InputError``s."""
-
-    def error(self, message: str):  # noqa: D102
-        raise InputError(message)
-
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+    p = CLIParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                 allow_abbrev=False)
     p.add_argument("--num-inversions", type=int, default=100, help="held-out digits to invert, 10 .. 1000 (100)")
     p.add_argument("--num-edits", type=int, default=200, help="held-out digits to edit, 10 .. 1000 (200)")

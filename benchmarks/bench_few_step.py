@@ -64,13 +64,13 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling benchmark scripts, when imported
-from bench_flow_schedulers import _Parser  # noqa: E402  (argparse whose errors are InputErrors)
 from bench_sampler import ring_mixture, sliced_w2  # noqa: E402  (the 8-Gaussian ring; sliced W2 by sorting)
 
 from sit_diffusers import DEFAULT_MODEL  # noqa: E402
 from sit_diffusers.atomic import write_file_atomically  # noqa: E402
 from sit_diffusers.validation import (  # noqa: E402
     MAX_SEED,
+    CLIParser,
     InputError,
     check_device,
     check_float,
@@ -630,7 +630,7 @@ def plot(payload: dict[str, Any], rows: list[Row], path: Path) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+    parser = CLIParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                      allow_abbrev=False)
     parser.add_argument("--targets", nargs="+", default=list(TARGETS), metavar="TARGET",
                         help=f"any of {', '.join(TARGETS)} (default both)")

@@ -46,6 +46,7 @@ from sit_diffusers.evaluation import (
 from sit_diffusers.pipeline_sit import SiTPipeline
 from sit_diffusers.scheduling_sit import SiTSampler
 from sit_diffusers.validation import (
+    CLIParser,
     InputError,
     check_device,
     check_float,
@@ -71,15 +72,9 @@ def schedulers(nfe: int) -> list[tuple[str, Any, int]]:
     ]
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse whose errors (unknown flag, missing value, bad type) are one-line ``InputError``s."""
-
-    def error(self, message: str):  # noqa: D102
-        raise InputError(message)
-
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog=PROG, description=__doc__,
+    parser = CLIParser(prog=PROG, description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
     parser.add_argument("--num-samples", type=int, default=1000, help="images per row, 10 .. 4000 (default 1000)")
     parser.add_argument("--nfe", type=int, nargs="+", default=[10, 20],

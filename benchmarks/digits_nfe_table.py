@@ -19,11 +19,11 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fit_time_grid import _Parser, reference_batch, rmse  # noqa: E402
+from fit_time_grid import reference_batch, rmse  # noqa: E402
 
 from sit_diffusers import DEFAULT_MODEL  # noqa: E402
 from sit_diffusers.atomic import write_file_atomically  # noqa: E402
-from sit_diffusers.validation import check_float, check_int, check_writable_dir, run_cli  # noqa: E402
+from sit_diffusers.validation import CLIParser, check_float, check_int, check_writable_dir, run_cli  # noqa: E402
 
 PROG = "digits_nfe_table.py"
 # (row name, sampler config over the model's path keys, steps); None: the saved sampler
@@ -44,7 +44,7 @@ ROWS: list[tuple[str, dict[str, Any] | None, int]] = [
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+    p = CLIParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                 allow_abbrev=False)
     p.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="SiTPipeline folder (default: the digits model)")
     p.add_argument("--rmse-samples", type=int, default=32, help="samples of the RMSE batch, 1 .. 4096 (default 32)")

@@ -47,6 +47,7 @@ from sit_diffusers.sampling import SamplerCore
 from sit_diffusers.solvers import ODE_FIXED_SOLVERS, ODE_MULTISTEP_SOLVERS
 from sit_diffusers.time_grids import fit_time_grid
 from sit_diffusers.validation import (
+    CLIParser,
     InputError,
     check_choice,
     check_float,
@@ -62,15 +63,9 @@ INITIAL_GRIDS = ("uniform", "shifted", "edm", "fitted")
 MAX_SAMPLES = 4096
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse whose errors (unknown flag, missing value, bad type) are one-line ``InputError``s."""
-
-    def error(self, message: str):  # noqa: D102
-        raise InputError(message)
-
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+    p = CLIParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                 allow_abbrev=False)
     p.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="SiTPipeline folder (default: the digits model)")
     p.add_argument("--solver", default="ab3", help=f"ODE solver: {', '.join(SOLVERS)} (default ab3)")

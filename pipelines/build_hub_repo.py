@@ -48,7 +48,6 @@ import traceback
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NoReturn
 
 import torch
 
@@ -64,7 +63,7 @@ from sit_diffusers.labels import IMAGENET_NUM_CLASSES, imagenet_id2label
 from sit_diffusers.model_card import RepoSpec, load_repo_spec, render_model_card
 from sit_diffusers.modeling_sit import SIT_CONFIGS, SiTTransformer2DModel
 from sit_diffusers.remote_code import RepoFormatError, check_code_files
-from sit_diffusers.validation import InputError, check_choice, check_int, run_cli
+from sit_diffusers.validation import CLIParser, InputError, check_choice, check_int, run_cli
 
 PROG = "build_hub_repo.py"
 PIPELINES_DIR = Path(__file__).resolve().parent
@@ -589,15 +588,9 @@ def render_cards(specs: dict[str, RepoSpec], cards_dir: Path = CARDS_DIR) -> lis
 #################################################################################
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse whose errors (unknown flag, missing value, bad type) are one-line ``InputError``s."""
-
-    def error(self, message: str) -> NoReturn:
-        raise InputError(message)
-
 
 def build_parser(specs: Mapping[str, RepoSpec]) -> argparse.ArgumentParser:
-    parser = _Parser(prog=PROG, description=__doc__.split("\n\n")[0], allow_abbrev=False)
+    parser = CLIParser(prog=PROG, description=__doc__.split("\n\n")[0], allow_abbrev=False)
     parser.add_argument("repos", nargs="*", metavar="REPO", help=f"repos to build: {', '.join(specs)}")
     parser.add_argument("--all", action="store_true", help="build every repo")
     parser.add_argument("--out", default=None,

@@ -28,7 +28,6 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
 
 import torch
 
@@ -41,7 +40,7 @@ from sit_diffusers.conversion import (
 )
 from sit_diffusers.modeling_sit import SIT_CONFIGS, SiTTransformer2DModel
 from sit_diffusers.scheduling_sit import SAMPLER_PRESETS
-from sit_diffusers.validation import InputError, check_choice, run_cli
+from sit_diffusers.validation import CLIParser, InputError, check_choice, run_cli
 
 PROG = "convert_sit_to_diffusers.py"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -50,12 +49,6 @@ NO_VAE_HINT = (
     "pass --vae none for a pipeline without a VAE, --vae FOLDER for a local one, or --transformer-only"
 )
 
-
-class _Parser(argparse.ArgumentParser):
-    """argparse whose errors (unknown flag, missing value, bad type) are one-line ``InputError``s."""
-
-    def error(self, message: str) -> NoReturn:
-        raise InputError(message)
 
 
 def _heads(text: str) -> int:
@@ -70,7 +63,7 @@ def _heads(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog=PROG, description=__doc__.split("\n\n")[0], allow_abbrev=False)
+    parser = CLIParser(prog=PROG, description=__doc__.split("\n\n")[0], allow_abbrev=False)
     parser.add_argument("--checkpoint", required=True,
                         help="official .pt/.safetensors file, or 'owner/repo:filename' on the Hub")
     parser.add_argument("--output", required=True, type=Path,

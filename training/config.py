@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar, Union
 
-from sit_diffusers.validation import InputError
+from sit_diffusers.validation import CLIParser, InputError
 
 __all__ = ["TrainConfig", "ConfigError", "parse_config", "config_from_dict", "RESUME_FREE_FIELDS", "config_changes"]
 
@@ -552,11 +552,10 @@ def _read_config_file(path: str) -> dict[str, Any]:
     return data
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse that raises ``ConfigError`` (with a close-match hint) instead of exiting."""
+class _Parser(CLIParser):
+    """The shared CLI parser raising ``ConfigError`` (with a close-match hint) instead of exiting."""
 
-    def error(self, message: str) -> typing.NoReturn:
-        raise ConfigError(message)
+    error_class = ConfigError
 
 
 def field_docs(cls: type) -> dict[str, str]:

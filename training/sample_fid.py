@@ -42,7 +42,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Literal, NoReturn, get_args, get_origin, get_type_hints
+from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 import numpy as np
 import torch
@@ -50,6 +50,7 @@ from PIL import Image
 
 from sit_diffusers.atomic import write_file_atomically
 from sit_diffusers.validation import (
+    CLIParser,
     InputError,
     NonFiniteError,
     check_choice,
@@ -147,16 +148,10 @@ def _check_guidance_channels(value: Any) -> str:
     raise InputError(f"--guidance-channels must be 'all' or an integer >= 1, got {value!r}")
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse that raises :class:`InputError` (one line through ``run_cli``, exit 2) instead of exiting."""
-
-    def error(self, message: str) -> NoReturn:
-        raise InputError(message)
-
 
 def build_parser() -> argparse.ArgumentParser:
     """``--flag`` per :class:`SampleConfig` field, typed from its annotation (``Literal`` -> choices)."""
-    parser = _Parser(prog=PROG, description=__doc__.split("\n\n")[0],
+    parser = CLIParser(prog=PROG, description=__doc__.split("\n\n")[0],
                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     hints = get_type_hints(SampleConfig)
     for f in fields(SampleConfig):

@@ -15,12 +15,11 @@ import argparse
 import sys
 import time
 from collections.abc import Sequence
-from typing import NoReturn
 
 import torch
 
 from .modeling_sit import SIT_CONFIGS, SiTTransformer2DModel
-from .validation import InputError, check_choice, check_int, check_seed, run_cli
+from .validation import CLIParser, InputError, check_choice, check_int, check_seed, run_cli
 
 PROG = "python -m sit_diffusers.demo"
 DEFAULT_MODEL = "SiT-S/2"
@@ -29,15 +28,9 @@ DEFAULT_SAMPLE_SIZE = 32
 MAX_SAMPLE_SIZE = 256
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse whose errors (unknown flag, missing value, bad type) are one-line ``InputError``s."""
-
-    def error(self, message: str) -> NoReturn:
-        raise InputError(message)
-
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog=PROG, description="SiT forward-pass demo (seconds on a CPU).", allow_abbrev=False)
+    parser = CLIParser(prog=PROG, description="SiT forward-pass demo (seconds on a CPU).", allow_abbrev=False)
     parser.add_argument("--model", default=None,
                         help=f"named architecture: {', '.join(sorted(SIT_CONFIGS))} (default {DEFAULT_MODEL})")
     parser.add_argument("--sample-size", type=int, default=None,

@@ -40,7 +40,6 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import NoReturn
 
 import numpy as np
 import torch
@@ -51,6 +50,7 @@ from .digit_classifier import CLASSIFIER_PATH, DigitClassifier, load_classifier
 from .fid import FIDStatistics, frechet_distance
 from .validation import (
     MAX_SEED,
+    CLIParser,
     InputError,
     NonFiniteError,
     check_device,
@@ -303,17 +303,11 @@ def format_table(rows: list[QualityRow]) -> str:
 PROG = "python -m sit_diffusers.evaluation"
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse whose errors (unknown flag, missing value, bad type) are one-line ``InputError``s."""
-
-    def error(self, message: str) -> NoReturn:
-        raise InputError(message)
-
 
 def build_parser() -> argparse.ArgumentParser:
-    common = _Parser(add_help=False)
+    common = CLIParser(add_help=False)
     common.add_argument("--debug", action="store_true", help="show the full traceback of an error")
-    parser = _Parser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+    parser = CLIParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                      allow_abbrev=False, parents=[common])
     sub = parser.add_subparsers(dest="command", required=True, metavar="{train-classifier,evaluate}")
     tr = sub.add_parser("train-classifier", help="train the digit classifier on the training split",

@@ -40,13 +40,13 @@ import zipfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NoReturn, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
 
 from .atomic import write_file_atomically
-from .validation import InputError, NonFiniteError, check_choice, check_int, run_cli
+from .validation import CLIParser, InputError, NonFiniteError, check_choice, check_int, run_cli
 
 __all__ = [
     "DigitFeatureExtractor",
@@ -514,15 +514,9 @@ def make_extractor(
 PROG = "python -m sit_diffusers.fid"
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse whose errors (unknown flag, missing value, bad type) are one-line ``InputError``s."""
-
-    def error(self, message: str) -> NoReturn:
-        raise InputError(message)
-
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog=PROG, description="FID, Inception Score, precision and recall of two ADM .npz files, "
+    parser = CLIParser(prog=PROG, description="FID, Inception Score, precision and recall of two ADM .npz files, "
                      "as ADM's evaluator; printed as JSON.", allow_abbrev=False)
     parser.add_argument("samples", metavar="SAMPLES", help="ADM .npz of generated images (arr_0, uint8 NHWC)")
     parser.add_argument("reference", metavar="REFERENCE", help="ADM .npz of real images")

@@ -12,6 +12,7 @@ message: the name of the argument (or flag), the value given, and what is allowe
 
 from __future__ import annotations
 
+import argparse
 import difflib
 import math
 import numbers
@@ -20,7 +21,7 @@ import sys
 import traceback
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 
@@ -172,6 +173,16 @@ def check_writable_dir(name: str, path: str | os.PathLike, given: str | os.PathL
     if not os.access(probe, os.W_OK | os.X_OK):
         raise InputError(f"{name} {shown!r}: {str(probe)!r} is not writable (permission denied)")
     return path
+
+
+class CLIParser(argparse.ArgumentParser):
+    """argparse whose errors (unknown flag, missing value, bad type) raise :attr:`error_class` (an
+    :class:`InputError`: one line through :func:`run_cli`, exit 2) instead of printing usage and exiting."""
+
+    error_class: type[InputError] = InputError
+
+    def error(self, message: str) -> NoReturn:
+        raise self.error_class(message)
 
 
 def run_cli(
