@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fit_time_grid import reference_batch, rmse  # noqa: E402
+from fit_time_grid import check_pipeline_folder, reference_batch, rmse  # noqa: E402
 
 from sit_diffusers import DEFAULT_MODEL  # noqa: E402
 from sit_diffusers.atomic import write_file_atomically  # noqa: E402
@@ -60,12 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
-    model = Path(args.model)
-    if not (model / "model_index.json").is_file() or not (model / "scheduler" / "scheduler_config.json").is_file():
-        from sit_diffusers.validation import InputError
-
-        raise InputError(f"--model {str(args.model)!r} is not a SiTPipeline folder (needs model_index.json and "
-                         "scheduler/scheduler_config.json)")
+    model = check_pipeline_folder("--model", args.model)
     n_rmse = check_int("--rmse-samples", args.rmse_samples, minimum=1, maximum=4096)
     seed = check_int("--seed", args.seed, minimum=0, maximum=2**63 - 1)
     n_fd = check_int("--num-samples", args.num_samples, minimum=10, maximum=4000)

@@ -107,12 +107,19 @@ def out_file(out: Path) -> Path:
     return out if out.suffix.lower() == ".json" else out / "scheduler_config.json"
 
 
+def check_pipeline_folder(flag: str, value: str | Path) -> Path:
+    """``value`` as a saved SiTPipeline folder (``model_index.json`` and a scheduler config), else an
+    ``InputError`` naming ``flag``."""
+    model = Path(value)
+    if not (model / "model_index.json").is_file() or not (model / "scheduler" / "scheduler_config.json").is_file():
+        raise InputError(f"{flag} {str(value)!r} is not a SiTPipeline folder (needs model_index.json and "
+                         "scheduler/scheduler_config.json)")
+    return model
+
+
 def check_args(args: argparse.Namespace) -> dict[str, Any]:
     """Every flag checked (the error names it as typed); returns the resolved settings. Reads only."""
-    model = Path(args.model)
-    if not (model / "model_index.json").is_file() or not (model / "scheduler" / "scheduler_config.json").is_file():
-        raise InputError(f"--model {str(args.model)!r} is not a SiTPipeline folder (needs model_index.json and "
-                         "scheduler/scheduler_config.json)")
+    model = check_pipeline_folder("--model", args.model)
     try:
         base = json.loads((model / "scheduler" / "scheduler_config.json").read_text())
     except (OSError, ValueError) as err:
