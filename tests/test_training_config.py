@@ -238,3 +238,12 @@ def test_latent_dataset_picks_the_coin_flipped_view(tmp_path: Path) -> None:
         assert torch.equal(item["moments"], torch.from_numpy(moments[row, int(flip_for(0, q))]))
     no_flip = LatentDataset(tmp_path, seed=0, random_flip=False)
     assert all(torch.equal(no_flip[(q, 4)]["moments"], torch.from_numpy(moments[4, 0])) for q in range(6))
+    # After the main process has opened the shards (``labels``), a pickled copy (what a "spawn"
+    # DataLoader worker receives) holds the folder, not the maps, and reads the same rows.
+    import pickle
+
+    assert list(ds.labels) == [0, 1, 2, 3, 4] and ds._moments is not None
+    blob = pickle.dumps(ds)
+    copy = pickle.loads(blob)
+    assert copy._moments is None and len(blob) < moments.nbytes
+    assert torch.equal(copy[(7, 3)]["moments"], ds[(7, 3)]["moments"])

@@ -343,6 +343,11 @@ class LatentDataset(torch.utils.data.Dataset):
         self._labels: np.ndarray | None = None
         self._offsets: np.ndarray | None = None
 
+    def __getstate__(self) -> dict[str, Any]:
+        # DataLoader workers started by "spawn" get the folder, not the maps: the main process reads
+        # ``labels`` (which opens the shards) before the workers start, and a pickled memmap is a full copy.
+        return {**self.__dict__, "_moments": None, "_labels": None, "_offsets": None}
+
     def _open(self) -> None:
         # Opened lazily so the object pickles cheaply into DataLoader workers.
         moments = [np.load(self.folder / f"{s}-moments.npy", mmap_mode="r") for s in self.meta.shards]
