@@ -9,7 +9,8 @@ For each seed (``--seeds``, default 0 and 1) and arm (``--arms``): ``plain`` (th
 ``benchmarks/train_digits.py`` trains it), ``repa`` (the same + REPA: the hidden state after block
 ``--repa-depth`` aligned through a ``--repa-projector-dim`` MLP to the patch tokens of the digit encoder,
 weight ``--repa-coeff``) and ``repa-stop`` (REPA switched off after ``--repa-stop-fraction`` of the budget, as
-HASTE, arXiv 2505.16792), every run trains with ``training/train_sit.py``'s ``train()`` on the 4,000 training
+HASTE, arXiv 2505.16792) and ``irepa`` (REPA with iREPA's 3 x 3 conv projector and spatially z-scored targets,
+arXiv 2512.10794), every run trains with ``training/train_sit.py``'s ``train()`` on the 4,000 training
 digits. The encoder (``--encoder``, default the shipped ``src/sit_diffusers/data/digit-encoder``, made by
 ``benchmarks/train_digit_encoder.py`` without any MNIST image or label) is independent of the evaluation. Its
 features are precomputed once (``precompute_latents.py --vae none --repa_encoder``, into ``OUT/features``,
@@ -39,7 +40,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 PROG = "repa_digits.py"
-ARMS = ("plain", "repa", "repa-stop")
+ARMS = ("plain", "repa", "repa-stop", "irepa")
 DEFAULT_ENCODER = REPO / "src" / "sit_diffusers" / "data" / "digit-encoder"
 
 
@@ -172,8 +173,11 @@ def train_fields(args: argparse.Namespace, plan: dict[str, Any], arm: str, seed:
             "--checkpointing-steps", math.gcd(*plan["eval_steps"])]
     fields = digits_config(digits_parser().parse_args([str(a) for a in argv]))
     if arm != "plain":
-        fields.update(repa_encoder=args.encoder, repa_depth=args.repa_depth, repa_coeff=args.repa_coeff,
-                      repa_projector_dim=args.repa_projector_dim)
+        fields.update(repa_encoder=args.encoder, repa_depth=args.repa_depth, repa_coeff=args.repa_coeff)
+        if arm == "irepa":
+            fields.update(repa_projector="conv", repa_spatial_norm="zscore")
+        else:
+            fields["repa_projector_dim"] = args.repa_projector_dim
         if args.features == "precomputed":
             fields["repa_features_dir"] = str(out / "features")
         if arm == "repa-stop":

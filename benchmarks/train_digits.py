@@ -47,7 +47,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "sit": {"time_sampling": "continuous", "prediction": "velocity", "path_type": "linear"},
 }
 
-REPA_FLAGS = ("repa_encoder", "repa_depth", "repa_coeff", "repa_projector_dim", "repa_stop_step", "repa_features_dir")
+REPA_FLAGS = ("repa_encoder", "repa_depth", "repa_coeff", "repa_projector_dim", "repa_projector", "repa_projector_kernel",
+              "repa_spatial_norm", "repa_zscore_alpha", "repa_stop_step", "repa_features_dir")
 """``TrainConfig`` REPA fields passed through as ``--repa-encoder`` etc. (unset: the trainer's default)."""
 
 
@@ -181,9 +182,10 @@ def build_parser() -> argparse.ArgumentParser:
         size.add_argument("--" + name.replace("_", "-"), type=int, default=MODEL_OVERRIDES[name])
     repa = parser.add_argument_group("REPA (train_sit.py's --repa_* flags; default: off)")
     for name in REPA_FLAGS:
-        kind = float if name == "repa_coeff" else int if name in ("repa_depth", "repa_projector_dim",
-                                                                 "repa_stop_step") else str
-        repa.add_argument("--" + name.replace("_", "-"), type=kind, default=None)
+        kind = (float if name in ("repa_coeff", "repa_zscore_alpha") else
+                int if name in ("repa_depth", "repa_projector_dim", "repa_projector_kernel", "repa_stop_step") else str)
+        choices = {"repa_projector": ("mlp", "conv"), "repa_spatial_norm": ("none", "zscore")}.get(name)
+        repa.add_argument("--" + name.replace("_", "-"), type=kind, default=None, choices=choices)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     return parser

@@ -212,6 +212,59 @@ def test_projector_shape_init_and_token_grid():
     assert repa.token_grid(_tiny_sit()) == (4, 4)
 
 
+def test_spatial_zscore_matches_hand_computation():
+    # One image, 3 tokens, 2 channels: channel 0 = (1, 2, 6) (mean 3, unbiased std sqrt(7)), channel 1 constant.
+    y = torch.tensor([[[1.0, 5.0], [2.0, 5.0], [6.0, 5.0]]])
+    out = repa.spatial_zscore(y, alpha=0.5, eps=1e-6)
+    root7 = 7.0 ** 0.5
+    expected0 = [(v - 0.5 * 3.0) / (root7 + 1e-6) for v in (1.0, 2.0, 6.0)]
+    expected1 = [(5.0 - 0.5 * 5.0) / 1e-6] * 3  # a constant channel: std 0, eps keeps it finite
+    assert torch.allclose(out[0, :, 0], torch.tensor(expected0), rtol=1e-6)
+    assert torch.allclose(out[0, :, 1], torch.tensor(expected1), rtol=1e-5)
+    # alpha 1: zero mean and unit std per image and channel; alpha 0: only rescaled; images independent.
+    y = torch.randn(3, 7, 5, dtype=torch.float64)
+    full = repa.spatial_zscore(y, alpha=1.0, eps=0.0)
+    assert full.dtype == torch.float32
+    assert torch.allclose(full.mean(1), torch.zeros(3, 5), atol=1e-6)
+    assert torch.allclose(full.std(1), torch.ones(3, 5), atol=1e-5)
+    assert torch.allclose(repa.spatial_zscore(y, alpha=0.0, eps=0.0), (y / y.std(1, keepdim=True)).float())
+    assert torch.equal(repa.spatial_zscore(y[1:2], alpha=0.3), repa.spatial_zscore(y, alpha=0.3)[1:2])
+
+
+def test_conv_projector_is_a_convolution_on_the_token_grid():
+    projector = repa.RepaConvProjector(6, 4, (2, 3), kernel_size=3, generator=torch.Generator().manual_seed(0))
+    same = repa.build_projector("conv", 6, 4, kernel_size=3, grid=(2, 3), generator=torch.Generator().manual_seed(0))
+    assert list(projector.state_dict()) == ["conv.weight", "conv.bias"]
+    assert all(torch.equal(a, b) for a, b in zip(projector.state_dict().values(), same.state_dict().values(),
+                                                 strict=True))
+    bound = 1.0 / (6 * 9) ** 0.5  # nn.Conv2d's own init: weights and bias within 1/sqrt(fan_in)
+    assert projector.conv.weight.abs().max() <= bound and projector.conv.bias.abs().max() <= bound
+    # By hand: token (r, c) of the output = bias + sum over the 3 x 3 neighbours (zero outside the grid).
+    h = torch.randn(2, 6, 6)  # (N, 2*3 tokens, D=6), row-major grid
+    out = projector(h)
+    grid = h.reshape(2, 2, 3, 6)  # (N, rows, cols, D)
+    w, b = projector.conv.weight, projector.conv.bias  # (4, 6, 3, 3), (4,)
+    for r in range(2):
+        for c in range(3):
+            acc = b.clone().expand(2, 4).clone()
+            for dr in (-1, 0, 1):
+                for dc in (-1, 0, 1):
+                    if 0 <= r + dr < 2 and 0 <= c + dc < 3:
+                        acc = acc + grid[:, r + dr, c + dc] @ w[:, :, dr + 1, dc + 1].T
+            assert torch.allclose(out[:, r * 3 + c], acc, atol=1e-5)
+    mlp = repa.build_projector("mlp", 6, 4, projector_dim=8)
+    assert isinstance(mlp, repa.RepaProjector) and mlp.projector_dim == 8
+
+
+def test_targets_are_z_scored_on_the_encoder_grid_before_the_resize():
+    feats = torch.randn(2, 16, 3)  # a precomputed 4 x 4 grid
+    batch = {repa.REPA_FEATURES_KEY: feats}
+    got = repa.repa_targets(batch, (2, 2), zscore_alpha=0.6)
+    expected = repa.resize_token_grid(repa.spatial_zscore(feats, alpha=0.6), (4, 4), (2, 2))
+    assert torch.equal(got, expected)
+    assert torch.equal(repa.repa_targets(batch, (4, 4)), feats)  # off: the raw features
+
+
 # ---------------------------------------------------------------------------
 # Precomputed features == on-the-fly features
 # ---------------------------------------------------------------------------
@@ -348,6 +401,18 @@ def _bad_cases(encoders, tmp_path):
          ["pixels", "precompute"]),
         ("store-missing", lambda: repa.RepaFeatureStore(tmp_path, flag="--latents_dir"),
          ["--latents_dir", str(tmp_path), "repa.json"]),
+        ("conv-kernel-even", lambda: repa.RepaConvProjector(32, 8, (2, 2), kernel_size=2), ["kernel_size", "odd", "2"]),
+        ("conv-kernel-0", lambda: repa.RepaConvProjector(32, 8, (2, 2), kernel_size=0), ["kernel_size", "0"]),
+        ("conv-grid", lambda: repa.RepaConvProjector(32, 8, (2, 0)), ["grid", "(2, 0)"]),
+        ("conv-grid-bool", lambda: repa.RepaConvProjector(32, 8, (True, 2)), ["grid", "(True, 2)"]),
+        ("conv-input-tokens", lambda: repa.RepaConvProjector(32, 8, (2, 2))(torch.zeros(1, 5, 32)),
+         ["hidden", "(N, 4, 32)", "2x2", "(1, 5, 32)"]),
+        ("build-kind", lambda: repa.build_projector("attention", 32, 8), ["projector kind", "mlp, conv", "'attention'"]),
+        ("build-conv-no-grid", lambda: repa.build_projector("conv", 32, 8), ["conv projector", "grid"]),
+        ("zscore-one-token", lambda: repa.spatial_zscore(torch.zeros(2, 1, 4)), ["at least 2 tokens", "1"]),
+        ("zscore-alpha", lambda: repa.spatial_zscore(torch.zeros(2, 3, 4), alpha=1.5), ["alpha", "[0, 1]", "1.5"]),
+        ("zscore-alpha-nan", lambda: repa.spatial_zscore(torch.zeros(2, 3, 4), alpha=float("nan")), ["alpha", "nan"]),
+        ("zscore-2d", lambda: repa.spatial_zscore(torch.zeros(3, 4)), ["features", "(3, 4)"]),
     ]
 
 
@@ -357,7 +422,7 @@ def test_bad_inputs_raise_input_error_naming_the_argument(encoders, tmp_path, mo
     monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path / "hub-cache"))
     cases = _bad_cases(encoders, tmp_path)
-    assert len(cases) == 21
+    assert len(cases) == 32
     for name, call, expected in cases:
         with pytest.raises(InputError) as info:
             call()
@@ -568,10 +633,14 @@ def test_repa_digits_dry_run_plans_every_run_and_writes_nothing(encoders, tmp_pa
     argv = ["--out", str(tmp_path / "runs"), "--encoder", str(encoders["grey"]), "--dry-run", "--steps", "400"]
     code, err, out = _run_cli(runner, argv, capsys)
     assert code == 0, err
-    assert "6 runs of 400 steps" in out and "scored at steps [100, 200, 400]" in out
-    for name in ("plain-seed0", "repa-seed0", "repa-stop-seed0", "plain-seed1", "repa-seed1", "repa-stop-seed1"):
-        assert f"{name}: output_dir" in out
+    assert "8 runs of 400 steps" in out and "scored at steps [100, 200, 400]" in out
+    for arm in ("plain", "repa", "repa-stop", "irepa"):
+        for seed in (0, 1):
+            assert f"{arm}-seed{seed}: output_dir" in out
     assert "'repa_stop_step': 160" in out and "'repa_depth': 2" in out and "repa_features_dir" in out
+    irepa = next(line for line in out.splitlines() if line.strip().startswith("irepa-seed0"))
+    assert "'repa_projector': 'conv'" in irepa and "'repa_spatial_norm': 'zscore'" in irepa
+    assert "repa_projector_dim" not in irepa
     assert not (tmp_path / "runs").exists()
 
 

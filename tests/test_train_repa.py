@@ -172,6 +172,38 @@ def test_repa_logs_both_terms_trains_the_projector_and_stops(
             assert torch.equal(value, counted["model"][key]), key
 
 
+def test_irepa_trains_a_conv_projector_on_z_scored_targets_and_resumes_exactly(
+    assets: Path, encoder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,  # noqa: F811
+) -> None:
+    """--repa_projector conv --repa_spatial_norm zscore: the checkpoint holds a 3 x 3 convolution (SiT width 32 ->
+    encoder width 24), the targets the loss sees are the encoder's tokens z-scored with alpha 0.6, and a run
+    resumed at step 2 ends bit-identical to the straight one."""
+    irepa = dict(repa_projector="conv", repa_projector_dim=2048, repa_spatial_norm="zscore", repa_stop_step=None)
+    seen: list[torch.Tensor] = []
+    real_loss = repa_module.repa_loss
+
+    def spy(projected: torch.Tensor, target: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+        seen.append(target.detach().clone())
+        return real_loss(projected, target, reduction)
+
+    monkeypatch.setattr(repa_module, "repa_loss", spy)
+    straight_run = tmp_path / "straight"
+    ts.train(repa_cfg(assets, encoder, straight_run, **irepa))
+    assert len(seen) == 4 * 2  # every micro-step of the 4 steps aligned (no stop step)
+    for target in seen:  # 4 x 4 grids on both sides: no resize, so the z-scored tokens themselves
+        std, mean = target.std(dim=1), target.mean(dim=1)
+        assert torch.allclose(std, torch.ones_like(std), atol=1e-4)
+        assert not torch.allclose(mean, torch.zeros_like(mean), atol=1e-3)  # alpha 0.6 keeps 40% of the mean
+    four = load_checkpoint(straight_run / "checkpoints" / "checkpoint-0000004")
+    projector = {k: v for k, v in four["model"].items() if k.startswith(PROJECTOR)}
+    assert {k: tuple(v.shape) for k, v in projector.items()} == {f"{PROJECTOR}conv.weight": (24, 32, 3, 3),
+                                                                 f"{PROJECTOR}conv.bias": (24,)}
+    resumed_run = tmp_path / "resumed"
+    ts.train(repa_cfg(assets, encoder, resumed_run, max_train_steps=2, checkpointing_steps=2, **irepa))
+    ts.train(repa_cfg(assets, encoder, resumed_run, resume_from_checkpoint="latest", **irepa))
+    assert_states_equal(load_checkpoint(resumed_run / "checkpoints" / "checkpoint-0000004"), four)
+
+
 # ---------------------------------------------------------------------------
 # Exact resume, process-count invariance, precomputed features
 # ---------------------------------------------------------------------------
@@ -264,6 +296,10 @@ def _repa(encoder: Path) -> list[str]:
     return ["--repa_encoder", str(encoder), "--repa_depth", "1", "--repa_projector_dim", "16"]
 
 
+def _conv(encoder: Path) -> list[str]:
+    return ["--repa_encoder", str(encoder), "--repa_depth", "1", "--repa_projector", "conv"]
+
+
 def _old_scheme(run: Path) -> None:
     """Make a checkpoint look written by the per-sample-draws trainer (its config lacks random_draws)."""
     state_file = run / "checkpoints" / "checkpoint-0000002" / "train_state.json"
@@ -314,6 +350,34 @@ CASES: list[tuple[str, list[str], list[str], str | None]] = [
     ("resume-changed-depth", ["{repa}", *RESUME, "--repa_depth", "2"], ["--repa_depth: 1 -> 2"], "repa"),
     ("resume-old-draws", [*RESUME], ["--random_draws: 'per-sample' -> 'per-step'", "before the per-step draws"],
      "old-scheme"),
+    # iREPA: the conv projector and the spatial normalisation of the targets
+    ("projector-without-encoder", ["--repa_projector", "conv"], ["--repa_projector set without --repa_encoder"], None),
+    ("spatial-norm-without-encoder", ["--repa_spatial_norm", "zscore"], ["--repa_spatial_norm set without"], None),
+    ("projector-unknown", ["{repa}", "--repa_projector", "attention"], ["--repa_projector must be one of",
+                                                                         "'attention'"], None),
+    ("kernel-without-conv", ["{repa}", "--repa_projector_kernel", "5"], ["--repa_projector_kernel sets the conv "
+                                                                         "projector", "--repa_projector conv"], None),
+    ("kernel-even", ["{conv}", "--repa_projector_kernel", "2"], ["--repa_projector_kernel must be odd", "got 2"], None),
+    ("kernel-too-large", ["{conv}", "--repa_projector_kernel", "9"], ["at most 7", "got 9"], None),
+    ("kernel-zero", ["{conv}", "--repa_projector_kernel", "0"], ["--repa_projector_kernel must be >= 1, got 0"], None),
+    ("conv-with-projector-dim", ["{conv}", "--repa_projector_dim", "16"], ["--repa_projector_dim", "conv has none"],
+     None),
+    ("spatial-norm-unknown", ["{repa}", "--repa_spatial_norm", "l2"], ["--repa_spatial_norm must be one of", "'l2'"],
+     None),
+    ("alpha-without-zscore", ["{repa}", "--repa_zscore_alpha", "0.5"], ["--repa_zscore_alpha sets the zscore",
+                                                                        "--repa_spatial_norm zscore"], None),
+    ("alpha-above-one", ["{repa}", "--repa_spatial_norm", "zscore", "--repa_zscore_alpha", "1.5"],
+     ["--repa_zscore_alpha must be <= 1", "1.5"], None),
+    ("alpha-negative", ["{repa}", "--repa_spatial_norm", "zscore", "--repa_zscore_alpha", "-0.1"],
+     ["--repa_zscore_alpha must be >= 0", "-0.1"], None),
+    ("alpha-nan", ["{repa}", "--repa_spatial_norm", "zscore", "--repa_zscore_alpha", "nan"],
+     ["--repa_zscore_alpha must be a finite number", "'nan'"], None),
+    ("resume-mlp-as-conv", ["{conv}", *RESUME, "--allow_config_change"],
+     ["holds an MLP projector (width 16)", "trains a conv projector (kernel 3)", "not even with"], "repa"),
+    ("resume-changed-projector-dim", ["{repa}", *RESUME, "--repa_projector_dim", "8", "--allow_config_change"],
+     ["holds an MLP projector (width 16)", "an MLP projector (width 8)"], "repa"),
+    ("resume-changed-spatial-norm", ["{repa}", *RESUME, "--repa_spatial_norm", "zscore"],
+     ["--repa_spatial_norm: 'none' -> 'zscore'", "--allow_config_change"], "repa"),
 ]
 
 
@@ -344,7 +408,8 @@ def test_bad_repa_input_exits_2_before_reading_data(
         monkeypatch.setattr(ts, attr, tripwire)
     flags: list[str] = []
     for arg in argv:
-        flags += _repa(encoder) if arg == "{repa}" else [arg.replace("{world}", str(world)).replace("{tmp}", str(tmp_path))]
+        flags += (_repa(encoder) if arg == "{repa}" else _conv(encoder) if arg == "{conv}" else
+                  [arg.replace("{world}", str(world)).replace("{tmp}", str(tmp_path))])
     before, world_before = _snapshot(tmp_path), _snapshot(world)
     status = ts.main([*_base(assets), "--output_dir", str(out), *flags])
     err = capsys.readouterr().err

@@ -203,6 +203,16 @@ class TrainConfig:
     repa_projector_dim: int = 2048
     """REPA: hidden width of the MLP projector (Linear-SiLU-Linear-SiLU-Linear) from the SiT width to the
     encoder's (>= 1)."""
+    repa_projector: Literal["mlp", "conv"] = "mlp"
+    """REPA: the projector: mlp (the paper's token-wise MLP, width --repa_projector_dim) or conv (iREPA, Singh et
+    al. 2025: one --repa_projector_kernel convolution on the SiT's token grid)."""
+    repa_projector_kernel: int = 3
+    """REPA: kernel size of the conv projector (odd, 1..7; iREPA's 3)."""
+    repa_spatial_norm: Literal["none", "zscore"] = "none"
+    """REPA: normalisation of the encoder's patch features: none (REPA) or zscore (iREPA: each channel standardised
+    across the image's tokens after removing --repa_zscore_alpha times its mean)."""
+    repa_zscore_alpha: float = 0.6
+    """REPA: share of the token mean the zscore normalisation removes, in [0, 1] (iREPA's SiT default 0.6)."""
     repa_stop_step: int | None = None
     """REPA: optimiser step after which the alignment term and its cost are gone (HASTE; >= 1); none = never."""
     repa_features_dir: str | None = None
@@ -296,6 +306,10 @@ class TrainConfig:
             unused = [flag for flag, given in (
                 ("--repa_depth", self.repa_depth != 8), ("--repa_coeff", self.repa_coeff != 0.5),
                 ("--repa_projector_dim", self.repa_projector_dim != 2048),
+                ("--repa_projector", self.repa_projector != "mlp"),
+                ("--repa_projector_kernel", self.repa_projector_kernel != 3),
+                ("--repa_spatial_norm", self.repa_spatial_norm != "none"),
+                ("--repa_zscore_alpha", self.repa_zscore_alpha != 0.6),
                 ("--repa_stop_step", self.repa_stop_step is not None),
                 ("--repa_features_dir", self.repa_features_dir is not None)) if given]
             if unused:
@@ -311,6 +325,19 @@ class TrainConfig:
         if self.repa_stop_step is not None:
             _check(_int_at_least, self, "repa_stop_step", 1)
         _check(_float_in, self, "repa_coeff", 0.0, None, False)
+        _check(_float_in, self, "repa_zscore_alpha", 0.0, 1.0, True)
+        if self.repa_projector == "conv":
+            _check(_int_at_least, self, "repa_projector_kernel", 1)
+            if self.repa_projector_kernel % 2 == 0 or self.repa_projector_kernel > 7:
+                raise ConfigError(f"--repa_projector_kernel must be odd and at most 7 (same padding keeps the token "
+                                  f"grid), got {self.repa_projector_kernel}")
+            if self.repa_projector_dim != 2048:
+                raise ConfigError("--repa_projector_dim sets the MLP's width; --repa_projector conv has none: drop one")
+        elif self.repa_projector_kernel != 3:
+            raise ConfigError("--repa_projector_kernel sets the conv projector; pass --repa_projector conv or drop it")
+        if self.repa_spatial_norm != "zscore" and self.repa_zscore_alpha != 0.6:
+            raise ConfigError("--repa_zscore_alpha sets the zscore normalisation; pass --repa_spatial_norm zscore or "
+                              "drop it")
         if self.lora_rank is not None:
             raise ConfigError(f"--repa_encoder with --lora_rank {self.lora_rank} is not supported (REPA trains the "
                               "SiT's hidden states; LoRA keeps the base frozen): use one")

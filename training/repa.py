@@ -15,6 +15,10 @@ Pieces, each usable alone (the trainer wires them; ``docs/repa.md`` shows the co
 * :func:`capture_hidden_state` -- a forward hook on ``transformer_blocks[depth - 1]``: the plain forward path
   is untouched (no hook, no cost, bit-identical outputs when REPA is off or after the stop step).
 * :class:`RepaProjector`, :func:`repa_loss` -- the projector and the mean negative cosine similarity.
+* iREPA (Singh et al. 2025, arXiv 2512.10794: the spatial structure of the target, not its global content,
+  is what helps): :class:`RepaConvProjector` (a ``k x k`` convolution on the token grid instead of the
+  token-wise MLP) and :func:`spatial_zscore` (each feature channel of the target standardised across the
+  tokens of its image, after removing ``alpha`` times its mean); :func:`build_projector` picks the projector.
 * :class:`RepaFeatureStore`, :class:`WithRepaFeatures`, :func:`repa_targets` -- encoder features precomputed by
   ``training/precompute_latents.py --repa_encoder ...`` (crop and mirror, like the latents), read per example
   under the key ``"repa_features"`` with the same flip coin as the pixels / latents.
@@ -52,8 +56,12 @@ __all__ = [
     "RepaEncoder",
     "RepaFeatureStore",
     "RepaFeaturesMeta",
+    "REPA_PROJECTORS",
+    "SPATIAL_NORMS",
+    "RepaConvProjector",
     "RepaProjector",
     "WithRepaFeatures",
+    "build_projector",
     "attach_hidden_capture",
     "capture_hidden_state",
     "check_repa_depth",
@@ -61,8 +69,14 @@ __all__ = [
     "repa_shard_file",
     "repa_targets",
     "resize_token_grid",
+    "spatial_zscore",
     "token_grid",
 ]
+
+REPA_PROJECTORS = ("mlp", "conv")
+"""Projector kinds: ``mlp`` (REPA's token-wise MLP), ``conv`` (iREPA's convolution on the token grid)."""
+SPATIAL_NORMS = ("none", "zscore")
+"""Target normalisations: ``none`` (REPA), ``zscore`` (iREPA's spatial normalisation, :func:`spatial_zscore`)."""
 
 REPA_FEATURES_KEY = "repa_features"
 """Key of the precomputed encoder features ``(T, D)`` in an example (``(n, T, D)`` in a batch)."""
@@ -419,6 +433,74 @@ class RepaProjector(nn.Module):
         return self.linear_3(x)  # (N, T, D_enc)
 
 
+class RepaConvProjector(nn.Module):
+    """iREPA's projector: one ``kernel_size x kernel_size`` convolution (stride 1, same padding) from the SiT
+    width to the encoder's, applied to the hidden tokens laid out on their row-major ``grid``, so each
+    projected token also sees its neighbours (Singh et al. 2025, arXiv 2512.10794, Sec. 5).
+
+    Initialised as ``nn.Conv2d`` initialises itself (Kaiming-uniform with ``a = sqrt(5)``, bias uniform in
+    ``+-1/sqrt(fan_in)``), drawn from ``generator`` if given.
+    """
+
+    def __init__(self, hidden_size: int, encoder_dim: int, grid: tuple[int, int], kernel_size: int = 3,
+                 generator: torch.Generator | None = None) -> None:
+        super().__init__()
+        hidden_size = check_int("hidden_size", hidden_size, minimum=1)
+        encoder_dim = check_int("encoder_dim", encoder_dim, minimum=1)
+        kernel_size = check_int("kernel_size", kernel_size, minimum=1)
+        if kernel_size % 2 == 0:
+            raise InputError(f"kernel_size must be odd (same padding keeps the token grid), got {kernel_size}")
+        if (not isinstance(grid, (tuple, list)) or len(grid) != 2
+                or not all(isinstance(g, int) and not isinstance(g, bool) and g >= 1 for g in grid)):
+            raise InputError(f"grid must be two positive ints (h, w), got {grid!r}")
+        self.hidden_size, self.encoder_dim, self.grid = hidden_size, encoder_dim, (int(grid[0]), int(grid[1]))
+        self.conv = nn.Conv2d(hidden_size, encoder_dim, kernel_size, stride=1, padding=kernel_size // 2)
+        fan_in = hidden_size * kernel_size * kernel_size
+        nn.init.kaiming_uniform_(self.conv.weight, a=math.sqrt(5), generator=generator)
+        bound = 1.0 / math.sqrt(fan_in)
+        nn.init.uniform_(self.conv.bias, -bound, bound, generator=generator)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        """``(N, h * w, hidden_size)`` -> ``(N, h * w, encoder_dim)``."""
+        h, w = self.grid
+        if (not torch.is_tensor(hidden) or hidden.ndim != 3 or hidden.shape[1] != h * w
+                or hidden.shape[-1] != self.hidden_size):
+            raise InputError(f"hidden must be (N, {h * w}, {self.hidden_size}) (a {h}x{w} token grid), got "
+                             f"{tuple(getattr(hidden, 'shape', ()))}")
+        n = hidden.shape[0]
+        x = hidden.transpose(1, 2).reshape(n, self.hidden_size, h, w)  # (N, D, h, w)
+        return self.conv(x).reshape(n, self.encoder_dim, h * w).transpose(1, 2)  # (N, T, D_enc)
+
+
+def build_projector(kind: str, hidden_size: int, encoder_dim: int, *, projector_dim: int = 2048,
+                    kernel_size: int = 3, grid: tuple[int, int] | None = None,
+                    generator: torch.Generator | None = None) -> nn.Module:
+    """The projector of a run: ``"mlp"`` (:class:`RepaProjector`, width ``projector_dim``) or ``"conv"``
+    (:class:`RepaConvProjector`, ``kernel_size`` on the SiT's token ``grid``)."""
+    if kind == "mlp":
+        return RepaProjector(hidden_size, projector_dim, encoder_dim, generator=generator)
+    if kind == "conv":
+        if grid is None:
+            raise InputError("a conv projector needs the SiT's token grid (grid=(h, w))")
+        return RepaConvProjector(hidden_size, encoder_dim, grid, kernel_size, generator=generator)
+    raise InputError(f"projector kind must be one of {', '.join(REPA_PROJECTORS)}, got {kind!r}")
+
+
+def spatial_zscore(features: torch.Tensor, alpha: float = 1.0, eps: float = 1e-6) -> torch.Tensor:
+    """iREPA's spatial normalisation of encoder patch features ``(N, T, D)``:
+    ``(y - alpha * mean_T(y)) / (std_T(y) + eps)`` per image and channel, the mean and the (unbiased) standard
+    deviation taken over the ``T`` tokens. ``alpha`` in [0, 1] sets how much of the global (image-wide) component
+    is removed; 1 removes it all. Computed in float32. Needs ``T >= 2``."""
+    if not torch.is_tensor(features) or features.ndim != 3:
+        raise InputError(f"features must be (N, T, D), got {tuple(getattr(features, 'shape', ()))}")
+    if features.shape[1] < 2:
+        raise InputError(f"spatial normalisation needs at least 2 tokens per image, got {features.shape[1]}")
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0.0 <= float(alpha) <= 1.0:
+        raise InputError(f"alpha must be a number in [0, 1], got {alpha!r}")
+    y = features.float()
+    return (y - float(alpha) * y.mean(dim=1, keepdim=True)) / (y.std(dim=1, keepdim=True) + eps)
+
+
 def repa_loss(projected: torch.Tensor, target: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
     """``-cos(y*, h_phi(h))`` averaged over tokens (and the batch with ``reduction="mean"``).
 
@@ -604,11 +686,13 @@ class WithRepaFeatures(torch.utils.data.Dataset):
         return example
 
 
-def repa_targets(batch: dict[str, Any], grid: tuple[int, int], encoder: RepaEncoder | None = None) -> torch.Tensor:
+def repa_targets(batch: dict[str, Any], grid: tuple[int, int], encoder: RepaEncoder | None = None,
+                 zscore_alpha: float | None = None) -> torch.Tensor:
     """The alignment targets ``y*`` of a batch on the SiT's token ``grid``: ``(n, grid_h * grid_w, D)`` float32.
 
     ``batch["repa_features"]`` (precomputed, a square encoder grid) when present, else
-    ``encoder(batch["pixels"])``; resized by :func:`resize_token_grid` when the grids differ."""
+    ``encoder(batch["pixels"])``; with ``zscore_alpha`` (iREPA) standardised by :func:`spatial_zscore` on the
+    encoder's own grid; then resized by :func:`resize_token_grid` when the grids differ."""
     if REPA_FEATURES_KEY in batch:
         feats = batch[REPA_FEATURES_KEY].float()  # (n, T, D)
         side = math.isqrt(feats.shape[1])
@@ -622,4 +706,6 @@ def repa_targets(batch: dict[str, Any], grid: tuple[int, int], encoder: RepaEnco
     else:
         raise InputError("the batch has no 'pixels' for the REPA encoder (latents need precomputed features: "
                          "precompute_latents.py --repa_encoder ...)")
+    if zscore_alpha is not None:
+        feats = spatial_zscore(feats, zscore_alpha)  # (n, T, D) float32
     return resize_token_grid(feats, src, tuple(grid))

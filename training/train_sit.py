@@ -526,6 +526,19 @@ def _check_repa_resume(resume: Path | None, cfg: TrainConfig) -> None:
         raise ConfigError(f"--resume_from_checkpoint {resume} {held}, but this run {runs}: they cannot be resumed "
                           "into each other (not even with --allow_config_change); to end the alignment early keep "
                           "the REPA flags and set --repa_stop_step")
+    if cfg.repa_encoder is None:
+        return
+
+    def projector(config: dict[str, Any]) -> str:
+        kind = config.get("repa_projector", "mlp")
+        if kind == "conv":
+            return f"a conv projector (kernel {config.get('repa_projector_kernel', 3)})"
+        return f"an MLP projector (width {config.get('repa_projector_dim', 2048)})"
+
+    if projector(saved) != projector(cfg.to_dict()):
+        raise ConfigError(f"--resume_from_checkpoint {resume} holds {projector(saved)}, but this run trains "
+                          f"{projector(cfg.to_dict())}: they cannot be resumed into each other (not even with "
+                          "--allow_config_change); use the checkpoint's --repa_projector flags or another --output_dir")
 
 
 def _labels_of(data: DataSource, cfg: TrainConfig) -> np.ndarray:
@@ -551,6 +564,7 @@ class Repa:
     coeff: float
     stop_step: int | None
     grid: tuple[int, int]
+    zscore_alpha: float | None = None
     capture: Any | None = None
 
     def active(self, step: int) -> bool:
@@ -576,7 +590,8 @@ class Repa:
 
         hidden = self.capture.pop()  # (n, T, D_sit)
         with torch.no_grad():
-            target = repa_targets(batch, self.grid, encoder=self.encoder).to(hidden.device)  # (n, T, D_enc)
+            target = repa_targets(batch, self.grid, encoder=self.encoder,
+                                  zscore_alpha=self.zscore_alpha).to(hidden.device)  # (n, T, D_enc)
         with accelerator.autocast():
             projected = self.projector(hidden)  # (n, T, D_enc)
         return repa_loss(projected, target)
@@ -1219,13 +1234,16 @@ def train(cfg: TrainConfig, dataset: Any | None = None) -> Path:
         ema_model = copy.deepcopy(model).eval().requires_grad_(False)
     repa = None
     if cfg.repa_encoder is not None:  # the projector: seeded on its own, so the global RNG is untouched
-        from training.repa import RepaFeatureStore, RepaProjector
+        from training.repa import RepaFeatureStore, build_projector
 
         width = encoder.hidden_size if encoder is not None else RepaFeatureStore(repa_features_dir(cfg)).dim
-        projector = RepaProjector(model.config.hidden_size, cfg.repa_projector_dim, width,
-                                  generator=torch.Generator().manual_seed(cfg.seed)).to(device).train()
         side = data.model_size // model.config.patch_size
-        repa = Repa(encoder, projector, cfg.repa_depth, cfg.repa_coeff, cfg.repa_stop_step, (side, side))
+        projector = build_projector(cfg.repa_projector, model.config.hidden_size, width,
+                                    projector_dim=cfg.repa_projector_dim, kernel_size=cfg.repa_projector_kernel,
+                                    grid=(side, side), generator=torch.Generator().manual_seed(cfg.seed))
+        projector = projector.to(device).train()
+        zscore = cfg.repa_zscore_alpha if cfg.repa_spatial_norm == "zscore" else None
+        repa = Repa(encoder, projector, cfg.repa_depth, cfg.repa_coeff, cfg.repa_stop_step, (side, side), zscore)
     if cfg.gradient_checkpointing:
         model.enable_gradient_checkpointing()
     if cfg.compile == "full":
@@ -1275,10 +1293,11 @@ def train(cfg: TrainConfig, dataset: Any | None = None) -> Path:
                 cfg.global_batch_size // (accelerator.num_processes * cfg.gradient_accumulation_steps), adamw,
                 cfg.compile)
     if repa is not None:
-        logger.info("REPA: block %d of %d -> projector (%s parameters) -> %s (width %d, %s), coeff %s, until step %s",
-                    repa.depth, model_config["depth"], f"{sum(p.numel() for p in projector_params):,}",
-                    cfg.repa_encoder, repa.projector.encoder_dim,
+        logger.info("REPA: block %d of %d -> %s projector (%s parameters) -> %s (width %d, %s, targets %s), coeff "
+                    "%s, until step %s", repa.depth, model_config["depth"], cfg.repa_projector,
+                    f"{sum(p.numel() for p in projector_params):,}", cfg.repa_encoder, repa.projector.encoder_dim,
                     "on the fly" if repa.encoder is not None else f"precomputed in {repa_features_dir(cfg)}",
+                    "raw" if repa.zscore_alpha is None else f"spatially z-scored, alpha {repa.zscore_alpha}",
                     cfg.repa_coeff, cfg.repa_stop_step or "the end")
 
     # ---- loop
