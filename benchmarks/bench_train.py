@@ -3,7 +3,7 @@ the digits model through the whole trainer (per-step vs per-sample draws, the ol
 
     python benchmarks/bench_train.py                                    # CPU, SiT-S/2, 256 px
     python benchmarks/bench_train.py --device cuda --model SiT-XL/2 --mixed_precision bf16
-    python benchmarks/bench_train.py --suite digits --threads 2 --repeats 3   # the digits model, 5 rows
+    python benchmarks/bench_train.py --suite digits --threads 2 --repeats 3   # the digits model, 6 rows
 
 ``--suite digits`` times ``train_sit.train`` itself on the embedded digit model's config
 (``benchmarks/train_digits.py``: SiT-S/4 narrowed to 192 x 6, 28 x 28 x 1 pixels, batch 256) between the EMA
@@ -11,9 +11,9 @@ updates of steps ``warmup`` and ``warmup + steps`` (setup excluded), best of ``-
 (per-step draws, the trainer as it is), ``before`` (the same trainer with the earlier per-sample generators,
 :class:`PerSampleDraws`, kept here only as the reference row), ``side loop`` (the deleted
 ``train_digits.train_vectorised`` loop of commit 9fc8a1f, :func:`side_loop`, the reference the trainer must
-reach), ``repa encoder`` (REPA with a random ``transformers`` DINOv2-architecture encoder run on every batch)
-and ``repa features`` (REPA from precomputed features of the same shape: random values, the speed does not
-depend on them). ``--compile regional`` adds that trainer row.
+reach), ``repa encoder`` (REPA with a random ``transformers`` DINOv2-architecture encoder run on every batch),
+``repa features`` (REPA from precomputed features of the same shape: random values, the speed does not
+depend on them) and ``irepa features`` (the same with iREPA's conv projector and z-scored targets). ``--compile regional`` adds that trainer row.
 
 One step of the default suite is exactly the one of ``training/train_sit.py`` (per-step seeded draws, posterior
 sample of the VAE moments, ``SiTObjective`` loss, AdamW, gradient-norm computation, EMA update). Two
@@ -280,9 +280,13 @@ def digits_row(row: str, args: argparse.Namespace, work: Path) -> float:
                                **{k: None for k in train_digits.REPA_FLAGS})
     if row == "after compile":
         flags.compile = args.compile
-    if row.startswith("repa"):
-        flags.repa_encoder, flags.repa_depth, flags.repa_projector_dim = str(work / "encoder"), 2, args.repa_projector_dim
-        if row == "repa features":
+    if "repa" in row:
+        flags.repa_encoder, flags.repa_depth = str(work / "encoder"), 2
+        if row.startswith("irepa"):  # iREPA: 3 x 3 conv projector, z-scored targets
+            flags.repa_projector, flags.repa_spatial_norm = "conv", "zscore"
+        else:
+            flags.repa_projector_dim = args.repa_projector_dim
+        if row.endswith("repa features"):
             flags.repa_features_dir = str(work / "features")
     values = {**train_digits.digits_config(flags), "save_pipeline": False, "checkpointing_steps": 10**9}
     cfg = config_from_dict(values)
@@ -320,9 +324,9 @@ def digits_suite(args: argparse.Namespace) -> None:
         rows.append("after compile")
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        if any(r.startswith("repa") for r in rows):
+        if any("repa" in r for r in rows):
             _digit_encoder(work / "encoder")
-            if "repa features" in rows:
+            if any(r.endswith("repa features") for r in rows):
                 _random_features(work / "features", work / "encoder")
         best: dict[str, float] = {}
         for _ in range(args.repeats):  # interleaved, so a burst of load from other jobs hits every row alike
@@ -357,8 +361,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--peak_tflops", type=float, default=None, help="the card's dense peak, for MFU")
     parser.add_argument("--suite", default="sit", choices=["sit", "digits"],
                         help="sit: the vae/latents modes of --model; digits: the digits model through the trainer")
-    parser.add_argument("--rows", default="after,before,side loop,repa encoder,repa features",
-                        help="digits suite: comma list of after, before, side loop, repa encoder, repa features")
+    parser.add_argument("--rows", default="after,before,side loop,repa encoder,repa features,irepa features",
+                        help="digits suite: comma list of after, before, side loop, repa encoder, repa features, "
+                             "irepa features (conv projector, z-scored targets)")
     parser.add_argument("--repeats", type=int, default=3, help="digits suite: runs per row (the best is shown)")
     parser.add_argument("--workers", type=int, default=0, help="digits suite: DataLoader workers")
     parser.add_argument("--repa_projector_dim", type=int, default=256,
