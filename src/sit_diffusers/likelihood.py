@@ -145,7 +145,13 @@ def log_likelihood(
                 div = (g * probe).flatten(1).sum(1)  # (N,)
         return v.detach(), div.detach()
 
-    grid = torch.linspace(t1, t0, num_steps + 1, dtype=dtype, device=x.device)  # data -> noise
+    # data -> noise on the official grid: sample_ode_likelihood integrates s over linspace(t0, t1) and calls
+    # the model at t = 1 - s (for VP that starts at the data, t = 1). A VP noise model's score -e / sigma_t is
+    # singular at t = 1 (the official code returns NaN): it starts at 1 - sample_eps instead.
+    if path_type == "vp" and prediction == "noise":
+        grid = torch.linspace(t1, t0, num_steps + 1, dtype=dtype, device=x.device)
+    else:
+        grid = 1 - torch.linspace(t0, t1, num_steps + 1, dtype=dtype, device=x.device)
     state0 = (x, torch.zeros(x.shape[0], dtype=dtype, device=x.device))
     if solver in ODE_ADAPTIVE_SOLVERS:
         xs, deltas = integrate_adaptive(drift, state0, grid, method=solver, atol=atol, rtol=rtol)
