@@ -137,3 +137,24 @@ def test_bad_flags_exit_2_before_any_work(argv, message, tmp_path, capsys):
         assert "error: argument" in err and argv[1] in err
     assert not out.exists()
     assert {p: p.stat().st_mtime_ns for p in train_digits.EMBEDDED_DIR.rglob("*")} == shipped
+
+
+@pytest.mark.parametrize(("argv", "env", "message"), [
+    ([], {}, "usage: bash benchmarks/device_checks.sh prepare|run|smoke"),
+    (["deploy"], {}, "usage:"),
+    (["run"], {"OUT": ""}, "run on the device machine"),
+])
+def test_device_checks_script_refuses_bad_calls(argv, env, message, tmp_path):
+    """The prepared GPU script parses, and a call it cannot serve exits 2 with one message before any work."""
+    import os
+    import subprocess
+
+    script = REPO_ROOT / "benchmarks" / "device_checks.sh"
+    assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
+    environ = {k: v for k, v in os.environ.items() if k != "OUT"} | env
+    if not environ.get("OUT"):
+        environ.pop("OUT", None)
+    proc = subprocess.run(["bash", str(script), *argv], capture_output=True, text=True, env=environ, cwd=tmp_path,
+                          timeout=60)
+    assert proc.returncode != 0 and message in proc.stderr, proc.stderr
+    assert list(tmp_path.iterdir()) == []
