@@ -51,8 +51,8 @@ NO_VAE_HINT = (
 
 
 
-def _heads(text: str) -> int:
-    """``--num-heads``: a whole number >= 1 (that it divides the width is checked with the checkpoint)."""
+def _positive_int(text: str) -> int:
+    """``--num-heads`` / ``--num-classes``: a whole number >= 1 (checked against the checkpoint later)."""
     try:
         value = int(text)
     except ValueError:
@@ -74,9 +74,13 @@ def build_parser() -> argparse.ArgumentParser:
                         help="write only the SiTTransformer2DModel, not a full SiTPipeline")
     parser.add_argument("--raw-weights", action="store_true",
                         help="train.py checkpoints: take 'model' instead of the EMA weights")
-    parser.add_argument("--num-heads", type=_heads, default=None,
+    parser.add_argument("--num-heads", type=_positive_int, default=None,
                         help="attention heads, a divisor of the width (default: from the named config of "
                              "that width, depth and patch)")
+    parser.add_argument("--num-classes", type=_positive_int, default=None,
+                        help="classes of the model (default: the label table's rows - 1, the last row being "
+                             "the null class of guidance, as official training makes it; a table with as "
+                             "many rows as --num-classes has no null class: class_dropout_prob 0)")
     parser.add_argument("--dtype", default="float32",
                         help=f"dtype of the saved weights: {', '.join(DTYPES)} (default float32)")
     parser.add_argument("--vae", default=None,
@@ -222,8 +226,9 @@ def convert(args: argparse.Namespace) -> Path:
     spec = args.checkpoint
     state_dict = load_official_state_dict(spec, use_ema=not args.raw_weights, name="--checkpoint")
     try:  # every key, shape and value checked; nothing copied yet
-        config = infer_official_config(state_dict, args.num_heads, num_heads_name="--num-heads")
-        config, converted = convert_official_state_dict(state_dict, config["num_heads"])
+        config = infer_official_config(state_dict, args.num_heads, num_classes=args.num_classes,
+                                       num_heads_name="--num-heads", num_classes_name="--num-classes")
+        config, converted = convert_official_state_dict(state_dict, config["num_heads"], config["num_classes"])
     except ConversionError as err:
         raise _checkpoint_error(spec, err) from err
     vae = None

@@ -25,6 +25,7 @@ so loading never runs code from the file. The only class allowed beyond those is
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import pickle
 import re
@@ -375,21 +376,26 @@ def _divisors(n: int) -> list[int]:
 
 
 def infer_official_config(
-    state_dict: Mapping[str, torch.Tensor], num_heads: int | None = None, *, num_heads_name: str = "num_heads"
+    state_dict: Mapping[str, torch.Tensor], num_heads: int | None = None, *, num_classes: int | None = None,
+    num_heads_name: str = "num_heads", num_classes_name: str = "num_classes",
 ) -> dict[str, Any]:
     """``SiTTransformer2DModel`` constructor arguments from the official tensor shapes.
 
     ``hidden_size, in_channels, patch_size`` from ``x_embedder.proj.weight`` (D, C, p, p); ``depth`` from the
     block indices (0..depth-1, none skipped); ``mlp_ratio`` from ``fc1``; ``learn_sigma`` from the final
-    linear rows ``p*p*C_out``; ``num_classes`` = table rows - 1 (the null row of ``class_dropout_prob > 0``,
-    at least one class left); ``sample_size = sqrt(T) * p`` from ``pos_embed`` (1, T, D), ``T >= 1`` a square.
+    linear rows ``p*p*C_out``; ``num_classes`` = table rows - 1 (the last row is the null class of
+    ``class_dropout_prob > 0``, as official training always makes it; a one-row table is one class without
+    it) unless given: a table of ``num_classes`` rows then has no null class (``class_dropout_prob = 0``, no
+    guidance), one of ``num_classes + 1`` has it; ``sample_size = sqrt(T) * p`` from ``pos_embed`` (1, T, D), ``T >= 1`` a square.
     ``num_heads`` is not visible in the shapes: it comes from the named config of that width, depth and
     patch unless given, and must divide ``D``.
 
     Args:
         state_dict: official key names (as :func:`load_official_state_dict` returns).
         num_heads: attention heads, an integer >= 1 dividing the width; ``None``: from ``SIT_CONFIGS``.
+        num_classes: classes of the model, an integer >= 1; ``None``: the table's rows - 1 (see above).
         num_heads_name: how error messages name ``num_heads`` (a CLI passes its flag, ``"--num-heads"``).
+        num_classes_name: likewise for ``num_classes``.
 
     Raises:
         ConversionError: the shapes do not describe a SiT (naming the key).
@@ -398,6 +404,8 @@ def infer_official_config(
     sd = state_dict
     if num_heads is not None:
         num_heads = check_int(num_heads_name, num_heads, minimum=1)
+    if num_classes is not None:
+        num_classes = check_int(num_classes_name, num_classes, minimum=1)
     _check_entries(sd)
     if "x_embedder.proj.weight" not in sd and "patch_embed.proj.weight" in sd:
         raise ConversionError(
@@ -443,10 +451,12 @@ def infer_official_config(
         raise ConversionError(f"pos_embed has {num_tokens} tokens, not a square grid")
 
     rows = int(sd["y_embedder.embedding_table.weight"].shape[0])
-    if rows < 2:
+    if num_classes is None:  # official train.py: class_dropout_prob 0.1, the last row is the null class;
+        num_classes = max(rows - 1, 1)  # one row can only be one class without it
+    if rows not in (num_classes, num_classes + 1):
         raise ConversionError(
-            f"y_embedder.embedding_table.weight has {rows} row(s); the last is the null class of "
-            f"classifier-free guidance, which leaves {rows - 1} classes (at least 1 needed)"
+            f"y_embedder.embedding_table.weight has {rows} rows; {num_classes_name} {num_classes} needs "
+            f"{num_classes} (no null class) or {num_classes + 1} (with the null class)"
         )
     out_rows = int(sd["final_layer.linear.weight"].shape[0])
     out_channels, rem = divmod(out_rows, patch_size * patch_size)
@@ -457,6 +467,8 @@ def infer_official_config(
         )
     mlp_rows = int(sd["blocks.0.mlp.fc1.weight"].shape[0])
     mlp_ratio = mlp_rows / hidden_size
+    if int(hidden_size * mlp_ratio) < mlp_rows:  # float: 30 / 44 * 44 = 29.999999999999996
+        mlp_ratio = math.nextafter(mlp_ratio, math.inf)
     if int(hidden_size * mlp_ratio) != mlp_rows:
         raise ConversionError(
             f"blocks.0.mlp.fc1.weight has {mlp_rows} rows, which no mlp_ratio of the width "
@@ -487,8 +499,8 @@ def infer_official_config(
         "depth": depth,
         "num_heads": num_heads,
         "mlp_ratio": mlp_ratio,
-        "class_dropout_prob": 0.1,
-        "num_classes": rows - 1,
+        "class_dropout_prob": 0.1 if rows == num_classes + 1 else 0.0,
+        "num_classes": num_classes,
         "learn_sigma": out_channels == 2 * in_channels,
     }
 
@@ -505,7 +517,7 @@ def _first_non_finite(sd: Mapping[str, torch.Tensor]) -> tuple[str, int, int] | 
 
 
 def convert_official_state_dict(
-    state_dict: Mapping[str, torch.Tensor], num_heads: int | None = None
+    state_dict: Mapping[str, torch.Tensor], num_heads: int | None = None, num_classes: int | None = None
 ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """Official SiT state dict -> ``(config, diffusers_state_dict)`` for ``SiTTransformer2DModel``.
 
@@ -516,13 +528,14 @@ def convert_official_state_dict(
     Args:
         state_dict: official key names (as ``load_official_state_dict`` returns).
         num_heads: attention heads; inferred from the named configs when ``None``.
+        num_classes: classes; the label table's rows - 1 when ``None`` (see :func:`infer_official_config`).
 
     Raises:
         ConversionError: naming the unknown/extra keys, missing keys and shape mismatches, or the first
             tensor holding NaN/inf.
-        InputError: a bad ``num_heads`` (see :func:`infer_official_config`).
+        InputError: a bad ``num_heads`` or ``num_classes`` (see :func:`infer_official_config`).
     """
-    config = infer_official_config(state_dict, num_heads)
+    config = infer_official_config(state_dict, num_heads, num_classes=num_classes)
     try:
         with torch.device("meta"):
             reference = SiTTransformer2DModel(**config).state_dict()  # shapes only, no allocation
@@ -564,7 +577,8 @@ def convert_official_state_dict(
 
 
 def load_official_checkpoint(
-    path_or_hub_spec: str | os.PathLike[str], use_ema: bool = True, num_heads: int | None = None
+    path_or_hub_spec: str | os.PathLike[str], use_ema: bool = True, num_heads: int | None = None,
+    num_classes: int | None = None,
 ) -> SiTTransformer2DModel:
     """Load an official checkpoint (file or ``"owner/repo:filename"``) as an eval ``SiTTransformer2DModel``.
 
@@ -573,7 +587,7 @@ def load_official_checkpoint(
     """
     state_dict = load_official_state_dict(path_or_hub_spec, use_ema)
     try:
-        config, converted = convert_official_state_dict(state_dict, num_heads)
+        config, converted = convert_official_state_dict(state_dict, num_heads, num_classes)
     except ConversionError as err:
         raise ConversionError(f"checkpoint {os.fspath(path_or_hub_spec)!r}: {err}") from err
     model = SiTTransformer2DModel(**config)
