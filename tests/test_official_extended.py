@@ -11,7 +11,6 @@ proposed fix (``reason``): flip them when the fix lands.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 from pathlib import Path
@@ -19,6 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import REPO_ROOT, official_model, rel_err
+from fixtures_path import verify_checksums
 
 from sit_diffusers.likelihood import log_likelihood
 from sit_diffusers.losses import SiTObjective
@@ -34,17 +34,7 @@ ADAPTIVE = ("dopri5", "dopri8", "bosh3")
 
 def _verified_manifest() -> dict:
     """Check every file against ``SHA256SUMS`` once, at import (a truncated or edited reference fails loudly)."""
-    sums = EXTENDED / "SHA256SUMS"
-    if not sums.is_file():
-        raise RuntimeError(f"{sums} is missing: run benchmarks/make_official_fixtures.py")
-    for line in sums.read_text().splitlines():
-        digest, name = line.split(maxsplit=1)
-        path = EXTENDED / name
-        if not path.is_file():
-            raise RuntimeError(f"extended fixture {path} is missing (listed in {sums})")
-        actual = hashlib.sha256(path.read_bytes()).hexdigest()
-        if actual != digest:
-            raise RuntimeError(f"extended fixture {path} has sha256 {actual}, {sums} says {digest}")
+    verify_checksums(EXTENDED, EXTENDED / "SHA256SUMS", made_by="benchmarks/make_official_fixtures.py")
     return json.loads((EXTENDED / "manifest.json").read_text())
 
 

@@ -12,12 +12,12 @@ mapped by the converter's key table), so that a failure there is in ``network.py
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 
 import pytest
 import torch
 from conftest import REPO_ROOT, rel_err
+from fixtures_path import verify_checksums
 
 from sit_diffusers.conversion import (
     infer_official_config,
@@ -33,17 +33,7 @@ TOL = 1e-5  # the public bar: relative error of a whole tensor
 
 def _verified_manifest() -> dict:
     """Check every file against ``SHA256SUMS`` once, at import (a truncated or edited reference fails loudly)."""
-    sums = MODELS / "SHA256SUMS"
-    if not sums.is_file():
-        raise RuntimeError(f"{sums} is missing: run benchmarks/make_official_model_fixtures.py")
-    for line in sums.read_text().splitlines():
-        digest, name = line.split(maxsplit=1)
-        path = MODELS / name
-        if not path.is_file():
-            raise RuntimeError(f"official model fixture {path} is missing (listed in {sums})")
-        actual = hashlib.sha256(path.read_bytes()).hexdigest()
-        if actual != digest:
-            raise RuntimeError(f"official model fixture {path} has sha256 {actual}, {sums} says {digest}")
+    verify_checksums(MODELS, MODELS / "SHA256SUMS", made_by="benchmarks/make_official_model_fixtures.py")
     return json.loads((MODELS / "manifest.json").read_text())
 
 
