@@ -19,6 +19,18 @@ def official_dir() -> Path:
     return OFFICIAL_FIXTURES
 
 
+def load_script(relative: str, name: str | None = None):
+    """The script at ``REPO_ROOT / relative`` (e.g. ``"benchmarks/fit_time_grid.py"``) imported as a fresh module
+    (``name``: its module name, default the file's stem); nothing is added to ``sys.modules``."""
+    import importlib.util
+
+    path = REPO_ROOT / relative
+    spec = importlib.util.spec_from_file_location(name or path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def load_official(name: str) -> dict:
     """Load ``<name>.safetensors`` from the official fixtures as a dict of CPU tensors."""
     from safetensors.torch import load_file

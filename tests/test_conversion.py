@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO_ROOT, load_official
+from conftest import load_official, load_script
 
 from sit_diffusers import conversion
 from sit_diffusers.conversion import (
@@ -223,10 +222,7 @@ def test_pickled_object_is_refused_by_weights_only(tmp_path, official_sd, zip_fo
 
 
 def _cli():
-    spec = importlib.util.spec_from_file_location("convert_cli", REPO_ROOT / "pipelines" / "convert_sit_to_diffusers.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("pipelines/convert_sit_to_diffusers.py", "convert_cli")
 
 
 def test_cli_transformer_only(tmp_path, official_dir, fwd):

@@ -12,7 +12,6 @@ Hub cache under ``tmp_path``).
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import os
 import pickle
@@ -23,7 +22,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import OFFICIAL_FIXTURES, REPO_ROOT, load_official
+from conftest import OFFICIAL_FIXTURES, load_official, load_script
 from safetensors.torch import save_file
 
 from sit_diffusers.conversion import ConversionError, load_official_checkpoint, official_to_diffusers_key
@@ -34,11 +33,7 @@ PROG = "convert_sit_to_diffusers.py"
 
 
 def _load_cli():
-    path = REPO_ROOT / "pipelines" / "convert_sit_to_diffusers.py"
-    spec = importlib.util.spec_from_file_location("convert_cli", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("pipelines/convert_sit_to_diffusers.py", "convert_cli")
 
 
 CLI = _load_cli()

@@ -454,14 +454,9 @@ def test_make_grid_refuses_bad_fitted_grids(bad):
 # benchmarks/fit_time_grid.py: the fitting CLI
 # ----------------------------------------------------------------------------------------------------------
 def _fit_cli():
-    import importlib.util
-    from pathlib import Path
+    from conftest import load_script
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "fit_time_grid.py"
-    spec = importlib.util.spec_from_file_location("fit_time_grid_cli", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/fit_time_grid.py", "fit_time_grid_cli")
 
 
 def _snapshot(folder):

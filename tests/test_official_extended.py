@@ -11,13 +11,12 @@ proposed fix (``reason``): flip them when the fix lands.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO_ROOT, official_model, rel_err
+from conftest import REPO_ROOT, load_script, official_model, rel_err
 from fixtures_path import verify_checksums
 
 from sit_diffusers.likelihood import log_likelihood
@@ -377,11 +376,7 @@ def test_objective_with_other_eps(ext, key):
 
 
 def _generator_module():
-    spec = importlib.util.spec_from_file_location("make_official_fixtures",
-                                                  REPO_ROOT / "benchmarks" / "make_official_fixtures.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/make_official_fixtures.py")
 
 
 def _fake_official_repo(root: Path, with_cfg: bool = True) -> Path:

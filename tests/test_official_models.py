@@ -16,7 +16,7 @@ import json
 
 import pytest
 import torch
-from conftest import REPO_ROOT, rel_err
+from conftest import REPO_ROOT, load_script, rel_err
 from fixtures_path import verify_checksums
 
 from sit_diffusers.conversion import (
@@ -283,13 +283,7 @@ def test_converter_forward_matches_official(case: str) -> None:
 
 
 def _generator():
-    import importlib.util
-
-    path = REPO_ROOT / "benchmarks" / "make_official_model_fixtures.py"
-    spec = importlib.util.spec_from_file_location("make_official_model_fixtures", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/make_official_model_fixtures.py")
 
 
 GENERATOR_REFUSALS = [

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import load_script
 from PIL import Image
 from tiny_hub_repo import REPO_ROOT
 
@@ -455,12 +456,7 @@ def test_store_check_refuses_other_data(images, encoders, tmp_path):
 
 
 def _load_script(name):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(f"_repa_{name}", REPO_ROOT / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(f"benchmarks/{name}.py", f"_repa_{name}")
 
 
 def _run_cli(module, argv, capsys):

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import SPACE_GENERATE_ARGS, fake_spaces_module
+from conftest import SPACE_GENERATE_ARGS, fake_spaces_module, load_script
 from PIL import Image
 
 gr = pytest.importorskip("gradio", reason="the Space needs gradio (pip install -e '.[dev]')")
@@ -443,9 +443,7 @@ def test_space_card_front_matter_matches_the_repo():
 
 
 def test_build_space_folder_holds_the_app_and_the_package(tmp_path):
-    spec = importlib.util.spec_from_file_location("build_space", REPO_ROOT / "spaces" / "build_space.py")
-    build = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(build)
+    build = load_script("spaces/build_space.py")
     out = build.assemble(tmp_path / "space")
     assert {p.name for p in out.iterdir()} == {"app.py", "README.md", "requirements.txt", "pyproject.toml", "src"}
     requirements = [ln.strip() for ln in (out / "requirements.txt").read_text().splitlines()]

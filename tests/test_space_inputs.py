@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import SPACE_GENERATE_ARGS, fake_spaces_module
+from conftest import SPACE_GENERATE_ARGS, fake_spaces_module, load_script
 from PIL import Image
 
 gr = pytest.importorskip("gradio", reason="the Space needs gradio (pip install -e '.[dev]')")
@@ -339,10 +339,7 @@ def test_bad_device_and_dtype_stop_start_up_before_loading(monkeypatch):
 
 
 def _build_space():
-    spec = importlib.util.spec_from_file_location("build_space_inputs", REPO_ROOT / "spaces" / "build_space.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("spaces/build_space.py", "build_space_inputs")
 
 
 def _snapshot(folder: Path) -> dict[str, tuple[int, int]]:
