@@ -16,6 +16,7 @@ accumulation split, the number of workers, or whether the run was resumed.
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -38,6 +39,7 @@ __all__ = [
     "sample_generator",
     "flip_for",
     "load_image_dataset",
+    "undecoded_images",
     "check_image_dataset",
     "check_label_range",
     "ImageDataset",
@@ -120,7 +122,9 @@ def image_to_tensor(image: Image.Image, channels: int) -> torch.Tensor:
 def preprocess(image: Any, size: int, channels: int, flip: bool) -> torch.Tensor:
     """Decode (if needed), ADM-crop, optionally mirror, scale to [-1, 1]: ``(channels, size, size)``."""
     if not isinstance(image, Image.Image):
-        if isinstance(image, dict) and image.get("path"):
+        if isinstance(image, dict) and image.get("bytes") is not None:
+            image = Image.open(io.BytesIO(image["bytes"]))
+        elif isinstance(image, dict) and image.get("path"):
             image = Image.open(image["path"])
         elif isinstance(image, np.ndarray):
             image = Image.fromarray(image)
@@ -135,6 +139,18 @@ def preprocess(image: Any, size: int, channels: int, flip: bool) -> torch.Tensor
 # ---------------------------------------------------------------------------
 # Loading and checking a `datasets` dataset
 # ---------------------------------------------------------------------------
+
+
+def undecoded_images(dataset: Any, image_column: str) -> Any:
+    """``dataset`` with its ``datasets.Image`` column left undecoded (``{"bytes", "path"}``), for
+    :func:`preprocess` to open with PIL as the official ``ImageFolder`` loader does: ``datasets`` would apply
+    ``ImageOps.exif_transpose`` when decoding, which the official training never does."""
+    import datasets
+
+    feature = (getattr(dataset, "features", None) or {}).get(image_column)
+    if isinstance(feature, datasets.Image) and feature.decode:
+        return dataset.cast_column(image_column, datasets.Image(decode=False))
+    return dataset
 
 
 def load_image_dataset(

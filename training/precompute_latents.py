@@ -50,7 +50,14 @@ from sit_diffusers.validation import (  # noqa: E402
     run_cli,
 )
 from training.config import ConfigError, parse_config  # noqa: E402
-from training.data import DataError, LatentsMeta, check_image_dataset, load_image_dataset, preprocess  # noqa: E402
+from training.data import (  # noqa: E402
+    DataError,
+    LatentsMeta,
+    check_image_dataset,
+    load_image_dataset,
+    preprocess,
+    undecoded_images,
+)
 from training.repa import RepaEncoder, RepaFeaturesMeta, repa_shard_file  # noqa: E402
 from training.train_sit import _id2label_from_features, load_vae, vae_downsample  # noqa: E402
 
@@ -215,8 +222,10 @@ def load_checked_dataset(cfg: PrecomputeConfig) -> Any:
     else:
         flag, source = "--dataset_name", cfg.dataset_name
     try:
-        return load_image_dataset(cfg.dataset_name, cfg.train_data_dir, dataset_config_name=cfg.dataset_config_name,
-                                  split=cfg.dataset_split, cache_dir=cfg.cache_dir)
+        dataset = load_image_dataset(cfg.dataset_name, cfg.train_data_dir,
+                                     dataset_config_name=cfg.dataset_config_name, split=cfg.dataset_split,
+                                     cache_dir=cfg.cache_dir)
+        return undecoded_images(dataset, cfg.image_column)  # PIL decodes, without EXIF rotation (official)
     except DataError as err:
         raise DataError(f"{flag} {source!r} (--dataset_split {cfg.dataset_split!r}): {_first_line(err)}") from err
 

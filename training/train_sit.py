@@ -83,6 +83,7 @@ from training.data import (  # noqa: E402
     load_image_dataset,
     moments_to_latents,
     sample_seed,
+    undecoded_images,
 )
 
 __all__ = [
@@ -764,6 +765,7 @@ def build_data(cfg: TrainConfig, dataset: Any | None, vae_config: Any | None) ->
     if cfg.max_train_samples is not None:
         dataset = dataset.take(cfg.max_train_samples) if cfg.streaming else dataset.select(
             range(min(cfg.max_train_samples, len(dataset))))
+    dataset = undecoded_images(dataset, cfg.image_column)  # PIL decodes, without EXIF rotation (official)
     check_image_dataset(dataset, cfg.image_column, cfg.label_column, cfg.num_classes)
     id2label = _id2label_from_features(dataset, cfg.label_column)
     if vae_config is None:
