@@ -58,6 +58,7 @@ from sit_diffusers.conversion import (
     convert_official_state_dict,
     infer_official_config,
     load_official_state_dict,
+    official_guidance_channels,
 )
 from sit_diffusers.labels import IMAGENET_NUM_CLASSES, imagenet_id2label
 from sit_diffusers.model_card import RepoSpec, load_repo_spec, render_model_card
@@ -387,7 +388,8 @@ def assemble_pipeline(transformer: SiTTransformer2DModel, spec: RepoSpec, vae):
     check_vae_fits(vae, transformer, spec)
     id2label = imagenet_id2label() if spec.num_classes == IMAGENET_NUM_CLASSES else None
     pipe = SiTPipeline(
-        transformer=transformer, scheduler=SiTSampler.from_preset(spec.default_preset), vae=vae, id2label=id2label
+        transformer=transformer, scheduler=SiTSampler.from_preset(spec.default_preset), vae=vae, id2label=id2label,
+        default_guidance_channels=official_guidance_channels(transformer.config.in_channels),  # official CFG
     )
     pipe.set_sampler(spec.default_preset)  # also the preset's default number of steps
     return pipe

@@ -37,6 +37,7 @@ from sit_diffusers.conversion import (
     convert_official_state_dict,
     infer_official_config,
     load_official_state_dict,
+    official_guidance_channels,
 )
 from sit_diffusers.modeling_sit import SIT_CONFIGS, SiTTransformer2DModel
 from sit_diffusers.scheduling_sit import SAMPLER_PRESETS
@@ -200,7 +201,8 @@ def _build_pipeline(model: SiTTransformer2DModel, vae, sampler: str | None):
     from sit_diffusers.pipeline_sit import SiTPipeline
     from sit_diffusers.scheduling_sit import SiTSampler
 
-    pipe = SiTPipeline(transformer=model, scheduler=SiTSampler(), vae=vae)
+    pipe = SiTPipeline(transformer=model, scheduler=SiTSampler(), vae=vae,  # guided as the official forward_with_cfg
+                       default_guidance_channels=official_guidance_channels(model.config.in_channels))
     if sampler is not None:
         pipe.set_sampler(sampler)
     return pipe

@@ -262,3 +262,8 @@ def test_cli_full_pipeline(tmp_path, official_dir, fwd):
     pipe = pipeline_sit.SiTPipeline.from_pretrained(out)
     assert pipe.vae is None
     assert rel_err(_out(pipe.transformer.eval(), fwd), fwd["out"]) <= 1e-5
+    # Guided as the official forward_with_cfg (first 3 of the 4 channels) without being told: saved default.
+    assert pipe.config.default_guidance_channels == 3 and pipe.default_guidance_channels == 3
+    n = fwd["x"].shape[0]
+    guided = pipe.guided_model_fn(fwd["y_cfg"][:n].long(), guidance_scale=4.0)(fwd["x_cfg"][:n], fwd["t_cfg"][:n])
+    assert (guided - fwd["out_cfg"][:n]).abs().max().item() <= 1e-5

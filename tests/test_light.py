@@ -203,6 +203,26 @@ def test_a_saved_folder_loads_light_with_the_same_config(tmp_path, full):
     assert pipe.id2label == full.id2label
 
 
+def test_default_guidance_channels_is_read_and_checked_as_the_pipeline_does(tmp_path, full):
+    """A saved ``default_guidance_channels`` is taken by the light path (not a fall back to diffusers), used when
+    a call gives none, and a bad one is refused with the pipeline's message."""
+    folder = _copy(tmp_path)
+    index = json.loads((folder / "model_index.json").read_text())
+    (folder / "model_index.json").write_text(json.dumps({**index, "default_guidance_channels": 1}))
+    pipe = LightPipeline.from_folder(folder)
+    assert pipe.config.default_guidance_channels == 1
+    call = dict(guidance_scale=2.0, num_inference_steps=2, output_type="pt")
+    assert torch.equal(pipe([3, 4], generator=gens(2), **call).images,
+                       full([3, 4], generator=gens(2), guidance_channels=1, **call).images)
+    for bad in (2, "some"):
+        (folder / "model_index.json").write_text(json.dumps({**index, "default_guidance_channels": bad}))
+        with pytest.raises(InputError, match="default_guidance_channels: guidance_channels") as light_err:
+            LightPipeline.from_folder(folder)
+        with pytest.raises(InputError, match="default_guidance_channels: guidance_channels") as full_err:
+            SiTPipeline(full.transformer, full.scheduler, default_guidance_channels=bad)
+        assert str(light_err.value) == str(full_err.value)
+
+
 # ----------------------------------------------------------------------------- no diffusers on the light path
 
 

@@ -149,6 +149,31 @@ def test_guided_ode_sample_reproduces_official(official_pipe: SiTPipeline, sampl
     assert (out.images - samplers["ode_cfg.euler.Linear.velocity.final"][:4]).abs().max().item() <= TOL
 
 
+def test_default_guidance_channels_is_saved_and_used_when_none_is_given(
+    official_pipe: SiTPipeline, samplers: dict, tmp_path
+) -> None:
+    """``default_guidance_channels=3`` (what converted official checkpoints save) makes a call without
+    ``guidance_channels`` the official 3-channel guidance; an explicit value still wins; it survives a save."""
+    from sit_diffusers.validation import InputError
+
+    official_pipe.set_sampler("ode-euler")
+    call = dict(guidance_scale=4.0, num_inference_steps=9, latents=samplers["z"], output_type="latent")
+    y = samplers["y"].long()
+    assert official_pipe.default_guidance_channels == "all"  # built without one
+    every = official_pipe(y, **call).images
+    three = SiTPipeline(official_pipe.transformer, official_pipe.scheduler, default_guidance_channels=3)
+    assert three.default_guidance_channels == 3
+    guided = three(y, **call).images
+    assert (guided - samplers["ode_cfg.euler.Linear.velocity.final"][:4]).abs().max().item() <= TOL
+    assert torch.equal(three(y, guidance_channels="all", **call).images, every)
+    assert not torch.allclose(guided, every)
+    three.save_pretrained(tmp_path / "three")
+    assert SiTPipeline.from_pretrained(tmp_path / "three").default_guidance_channels == 3
+    for bad in (5, 0, "some", 2.5):
+        with pytest.raises(InputError, match="default_guidance_channels: guidance_channels"):
+            SiTPipeline(official_pipe.transformer, official_pipe.scheduler, default_guidance_channels=bad)
+
+
 # ----------------------------------------------------------------------------- guidance
 class CallRecorder:
     """Forward pre-hook that records the batch size and times of every transformer call."""

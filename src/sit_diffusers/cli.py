@@ -199,8 +199,9 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     parser.add_argument(
-        "--guidance-channels", type=_guidance_channels, default="all",
-        help="'all', or k to guide only the first k channels (3: the official forward_with_cfg)",
+        "--guidance-channels", type=_guidance_channels, default=None,
+        help="'all', or k to guide only the first k channels (3: the official forward_with_cfg); default: the "
+             "model's saved default_guidance_channels (3 for converted official checkpoints), else 'all'",
     )
     parser.add_argument(
         "--guidance-interval",
@@ -382,7 +383,7 @@ def _generate(argv: Sequence[str]) -> int:
 
     # ---- checks that need the model, still before any sampling or writing
     channels = int(pipe.transformer.config.in_channels)
-    if args.guidance_channels != "all" and args.guidance_channels > channels:
+    if args.guidance_channels not in (None, "all") and args.guidance_channels > channels:
         raise InputError(f"--guidance-channels {args.guidance_channels}: this model has {channels} channels")
     if args.steps is not None:
         try:

@@ -47,6 +47,7 @@ __all__ = [
     "infer_official_config",
     "load_official_checkpoint",
     "load_official_state_dict",
+    "official_guidance_channels",
     "official_to_diffusers_key",
 ]
 
@@ -574,6 +575,13 @@ def convert_official_state_dict(
             "checkpoint is damaged or its training diverged; refusing to convert it"
         )
     return config, converted
+
+
+def official_guidance_channels(in_channels: int) -> int | None:
+    """The ``default_guidance_channels`` of a pipeline around a converted official checkpoint: the official
+    ``forward_with_cfg`` guides the first 3 channels (``model_out[:, :3]``), so ``3`` for a model with more
+    channels (the 4 latent channels of the released models); ``None`` ("all") for one with 3 or fewer."""
+    return 3 if int(in_channels) > 3 else None
 
 
 def load_official_checkpoint(

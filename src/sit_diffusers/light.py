@@ -277,7 +277,7 @@ _COMPONENTS: dict[str, tuple[str, tuple[str, ...]]] = {
     "transformer": ("SiTTransformer2DModel", ("sit_diffusers.modeling_sit", component_entry("transformer"))),
     "scheduler": ("SiTSampler", ("sit_diffusers.scheduling_sit", component_entry("scheduler"))),
 }
-_PIPELINE_KEYS = ("id2label", "default_num_inference_steps", "default_guidance_scale")
+_PIPELINE_KEYS = ("id2label", "default_num_inference_steps", "default_guidance_scale", "default_guidance_channels")
 SCHEDULER_CONFIG_NAME = "scheduler_config.json"
 
 
@@ -287,6 +287,7 @@ class LightPipelineConfig:
 
     default_num_inference_steps: Any = None
     default_guidance_scale: Any = None
+    default_guidance_channels: Any = None
 
 
 @dataclass
@@ -333,20 +334,29 @@ class LightPipeline:
 
     It has the parts of ``SiTPipeline``'s interface ``sit-generate`` uses: ``transformer`` (``.config``,
     ``.dtype``), ``scheduler`` (``.config``, ``check_num_inference_steps``), ``config``
-    (``default_num_inference_steps``, ``default_guidance_scale``), ``num_classes``, ``id2label``,
+    (``default_num_inference_steps``, ``default_guidance_scale``, ``default_guidance_channels``), ``num_classes``, ``id2label``,
     ``get_label_ids``, ``set_sampler(preset)``, ``set_progress_bar_config``, ``to(device)`` and ``__call__``
     for one image per label from noise.
     """
 
     def __init__(self, transformer: SiTNetwork, scheduler: SamplerCore, id2label: Mapping[int | str, str] | None = None,
-                 default_num_inference_steps: Any = None, default_guidance_scale: Any = None) -> None:
+                 default_num_inference_steps: Any = None, default_guidance_scale: Any = None,
+                 default_guidance_channels: Any = None) -> None:
         self.transformer = transformer
         self.scheduler = scheduler
         num_classes = int(transformer.config.num_classes)
         if id2label is None and num_classes == IMAGENET_NUM_CLASSES:
             id2label = imagenet_id2label()
         self._labels = LabelResolver(num_classes, check_id2label(id2label, num_classes))
-        self.config = LightPipelineConfig(default_num_inference_steps, default_guidance_scale)
+        if default_guidance_channels is not None:
+            cfg = transformer.config
+            try:
+                check_guidance(1.0, default_guidance_channels, (0.0, 1.0), channels=int(cfg.in_channels),
+                               has_null=cfg.class_dropout_prob > 0)
+            except InputError as err:
+                raise InputError(f"default_guidance_channels: {err}") from None
+        self.config = LightPipelineConfig(default_num_inference_steps, default_guidance_scale,
+                                          default_guidance_channels)
         self._model_sampler_config = {k: scheduler.config[k] for k in MODEL_SAMPLER_KEYS}
         self._progress_bar_config: dict[str, Any] = {}
 
@@ -395,7 +405,7 @@ class LightPipeline:
         check_choice("sampler preset", preset, SAMPLER_PRESETS)
         self.scheduler = SamplerCore({**SAMPLER_PRESETS[preset]["config"], **self._model_sampler_config})
         self.config = LightPipelineConfig(SAMPLER_PRESETS[preset]["num_inference_steps"],
-                                          self.config.default_guidance_scale)
+                                          self.config.default_guidance_scale, self.config.default_guidance_channels)
 
     def set_progress_bar_config(self, **kwargs: Any) -> None:
         """tqdm arguments of the sampling bar (``disable=True`` hides it)."""
@@ -414,7 +424,7 @@ class LightPipeline:
         num_inference_steps: int | None = None,
         generator: GeneratorArg = None,
         output_type: Literal["pil", "np", "pt", "latent"] = "pil",
-        guidance_channels: int | Literal["all"] = "all",
+        guidance_channels: int | Literal["all"] | None = None,
         guidance_interval: tuple[float, float] = (0.0, 1.0),
     ) -> LightPipelineOutput:
         """One image per class label from noise; the arguments mean what they mean for ``SiTPipeline`` and are
@@ -425,6 +435,8 @@ class LightPipeline:
             resolve_num_inference_steps(num_inference_steps, self.config.default_num_inference_steps))
         if guidance_scale is None:
             guidance_scale = self.default_guidance_scale
+        if guidance_channels is None:
+            guidance_channels = self.config.default_guidance_channels or "all"
         cfg = self.transformer.config
         scale, k, interval = check_guidance(guidance_scale, guidance_channels, guidance_interval,
                                             channels=int(cfg.in_channels), has_null=cfg.class_dropout_prob > 0)

@@ -117,6 +117,9 @@ class SiTPipeline(DiffusionPipeline, SiTLoraLoaderMixin):
             :meth:`set_sampler` from the preset, saved with the pipeline). ``None``: 250 (official default).
         default_guidance_scale: guidance used when ``__call__`` gets ``guidance_scale=None`` (saved with the
             pipeline: the scale its model card recommends). ``None``: 1.0 (no guidance).
+        default_guidance_channels: the channels guided when ``__call__`` gets ``guidance_channels=None``:
+            ``"all"`` or ``k`` (the first ``k``). Converted official checkpoints save ``3``, the official
+            ``forward_with_cfg``. ``None``: ``"all"``.
     """
 
     model_cpu_offload_seq = "transformer->vae"
@@ -131,14 +134,21 @@ class SiTPipeline(DiffusionPipeline, SiTLoraLoaderMixin):
         id2label: Mapping[Union[int, str], str] | None = None,  # typing.Union: diffusers checks it
         default_num_inference_steps: int | None = None,
         default_guidance_scale: float | None = None,
+        default_guidance_channels: int | str | None = None,
     ) -> None:
         super().__init__()
         self.register_modules(transformer=transformer, scheduler=scheduler, vae=vae)
+        if default_guidance_channels is not None:
+            try:
+                self._check_guidance(1.0, default_guidance_channels, (0.0, 1.0))
+            except InputError as err:
+                raise InputError(f"default_guidance_channels: {err}") from None
         if id2label is None and transformer.config.num_classes == IMAGENET_NUM_CLASSES:
             id2label = imagenet_id2label()
         self.register_to_config(
             default_num_inference_steps=default_num_inference_steps,
             default_guidance_scale=default_guidance_scale,
+            default_guidance_channels=default_guidance_channels,
         )
         self.set_id2label(id2label)
 
@@ -251,7 +261,7 @@ class SiTPipeline(DiffusionPipeline, SiTLoraLoaderMixin):
         self,
         class_labels: torch.Tensor,
         guidance_scale: float = 1.0,
-        guidance_channels: int | Literal["all"] = "all",
+        guidance_channels: int | Literal["all"] | None = None,
         guidance_interval: tuple[float, float] = (0.0, 1.0),
         counter: Callable[[], None] | None = None,
         scale_source: Callable[[], float] | None = None,
@@ -261,13 +271,16 @@ class SiTPipeline(DiffusionPipeline, SiTLoraLoaderMixin):
         Args:
             class_labels: LongTensor ``(N,)`` of real classes.
             guidance_scale: ``s``; ``1.0`` disables guidance (no null-class pass is run).
-            guidance_channels: ``"all"`` or ``k`` to guide only channels ``[0, k)`` (``3`` = official code).
+            guidance_channels: ``"all"`` or ``k`` to guide only channels ``[0, k)`` (``3`` = official code);
+                ``None``: the pipeline's ``default_guidance_channels``.
             guidance_interval: ``(t_lo, t_hi)`` in SiT time; guidance only where ``t_lo <= t <= t_hi``.
             counter: called once per transformer evaluation (one guided batch counts once).
             scale_source: read the scale from this function at every evaluation instead (``__call__`` passes
                 ``lambda: pipe.guidance_scale``, so a step callback that sets ``pipe._guidance_scale`` changes
                 the guidance from the next step); each value read is checked as ``guidance_scale`` is.
         """
+        if guidance_channels is None:
+            guidance_channels = self.default_guidance_channels
         guidance_scale, k, interval = self._check_guidance(guidance_scale, guidance_channels, guidance_interval)
         fixed_scale = guidance_scale
         current_scale = None
@@ -378,6 +391,12 @@ class SiTPipeline(DiffusionPipeline, SiTLoraLoaderMixin):
         """The saved ``default_guidance_scale`` (the model card's recommendation), else 1.0 (no guidance)."""
         value = getattr(self.config, "default_guidance_scale", None)
         return 1.0 if value is None else float(value)
+
+    @property
+    def default_guidance_channels(self) -> int | str:
+        """The saved ``default_guidance_channels`` (``3`` for converted official checkpoints), else ``"all"``."""
+        value = getattr(self.config, "default_guidance_channels", None)
+        return "all" if value is None else value
 
     def _resolve_steps(self, num_inference_steps: int | None) -> int:
         num_inference_steps = resolve_num_inference_steps(num_inference_steps, self.config.default_num_inference_steps)
@@ -522,7 +541,7 @@ class SiTPipeline(DiffusionPipeline, SiTLoraLoaderMixin):
         latents: torch.Tensor | None = None,
         output_type: OutputType = "pil",
         return_dict: bool = True,
-        guidance_channels: int | Literal["all"] = "all",
+        guidance_channels: int | Literal["all"] | None = None,
         guidance_interval: tuple[float, float] = (0.0, 1.0),
         callback_on_step_end: Callable[[SiTPipeline, int, float, dict[str, torch.Tensor]], dict]
         | None = None,
@@ -547,7 +566,9 @@ class SiTPipeline(DiffusionPipeline, SiTLoraLoaderMixin):
                 mixed into it).
             output_type: ``"pil"``, ``"np"``, ``"pt"`` (images in [0, 1]) or ``"latent"`` (final sample).
             return_dict: return :class:`SiTPipelineOutput` instead of ``(images, nfe)``.
-            guidance_channels: ``"all"``, or ``k`` to guide only the first ``k`` channels (``3``: official).
+            guidance_channels: ``"all"``, or ``k`` to guide only the first ``k`` channels (``3``: official);
+                ``None``: the pipeline's ``default_guidance_channels`` (``3`` for converted official
+                checkpoints), else ``"all"``.
             guidance_interval: ``(t_lo, t_hi)`` in SiT time (t = 0 noise) where guidance is applied.
             callback_on_step_end: ``fn(pipe, step, t, {"latents": x}) -> dict | None`` after every sampler
                 step. A returned ``{"latents": new}`` replaces the state and sampling continues from it
@@ -588,6 +609,8 @@ class SiTPipeline(DiffusionPipeline, SiTLoraLoaderMixin):
             raise InputError(f"image_type={image_type!r} describes an image, but no image was given")
         if guidance_scale is None:
             guidance_scale = self.default_guidance_scale
+        if guidance_channels is None:
+            guidance_channels = self.default_guidance_channels
         self._check_guidance(guidance_scale, guidance_channels, guidance_interval)
         self.check_inputs(batch, generator, latents, output_type, return_dict, callback_on_step_end,
                           callback_on_step_end_tensor_inputs)
@@ -665,7 +688,7 @@ class SiTPipeline(DiffusionPipeline, SiTLoraLoaderMixin):
         guidance_scale: float | None = None,
         num_inference_steps: int | None = None,
         image_type: Literal["image", "latent"] = "image",
-        guidance_channels: int | Literal["all"] = "all",
+        guidance_channels: int | Literal["all"] | None = None,
         guidance_interval: tuple[float, float] = (0.0, 1.0),
         return_dict: bool = True,
     ) -> SiTInversionOutput | tuple:
@@ -695,6 +718,8 @@ class SiTPipeline(DiffusionPipeline, SiTLoraLoaderMixin):
         steps = self._resolve_steps(num_inference_steps)
         if guidance_scale is None:
             guidance_scale = self.default_guidance_scale
+        if guidance_channels is None:
+            guidance_channels = self.default_guidance_channels
         self._check_guidance(guidance_scale, guidance_channels, guidance_interval)
         if not isinstance(return_dict, bool):
             raise InputError(f"return_dict must be True or False, got {return_dict!r}")
