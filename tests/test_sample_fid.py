@@ -571,6 +571,8 @@ def test_python_api_checks_its_arguments_too():
     with pytest.raises(InputError, match="--guidance-channels"):
         sample_fid.SampleConfig(pipeline="p", out="o", guidance_channels=True)
     assert sample_fid.SampleConfig(pipeline="p", out="o", guidance_channels=3).channels == 3
+    assert sample_fid.SampleConfig(pipeline="p", out="o").channels is None  # the pipeline's saved default
+    assert sample_fid.SampleConfig(pipeline="p", out="o", guidance_channels="all").channels == "all"
 
 
 def test_help_lists_every_flag_with_its_default(capsys):
@@ -580,7 +582,7 @@ def test_help_lists_every_flag_with_its_default(capsys):
     text = " ".join(capsys.readouterr().out.split())
     for f in fields(sample_fid.SampleConfig):
         assert "--" + f.name.replace("_", "-") in text
-    assert "--debug" in text and "(default: 50000)" in text and "(default: all)" in text
+    assert "--debug" in text and "(default: 50000)" in text and "(default: default)" in text
 
 
 def test_seeds_labels_and_batches_do_not_depend_on_processes():

@@ -99,7 +99,9 @@ class SampleConfig:
     preset: str | None = _opt(None, "SAMPLER_PRESETS name; default: the pipeline's saved sampler")
     num_inference_steps: int | None = _opt(None, "sampler steps (>= 1); default: the preset's / pipeline's")
     guidance_scale: float = _opt(1.0, "classifier-free guidance scale, finite >= 0 (1: off)")
-    guidance_channels: str = _opt("all", "'all' or k >= 1: guide channels [0, k) (3 = official forward_with_cfg)")
+    guidance_channels: str = _opt("default", "'all' or k >= 1: guide channels [0, k) (3 = official forward_with_cfg); "
+                                  "'default': the pipeline's saved default_guidance_channels (3 for converted "
+                                  "official checkpoints), else all")
     dtype: Literal["float32", "bfloat16", "float16"] = _opt("float32", "dtype of the transformer and VAE")
     reference: str | None = _opt(None, "ADM .npz of real images: compute FID / IS / precision / recall")
     extractor: Literal["inception", "digits"] = _opt("inception", "feature extractor of the metrics")
@@ -131,9 +133,11 @@ class SampleConfig:
         object.__setattr__(self, "batch_delay", check_float("--batch-delay", self.batch_delay, minimum=0.0))
 
     @property
-    def channels(self) -> int | Literal["all"]:
-        """``guidance_channels`` as the pipeline takes it."""
-        return "all" if self.guidance_channels == "all" else int(self.guidance_channels)
+    def channels(self) -> int | Literal["all"] | None:
+        """``guidance_channels`` as the pipeline takes it (``None``: the pipeline's saved default)."""
+        if self.guidance_channels in ("all", "default"):
+            return None if self.guidance_channels == "default" else "all"
+        return int(self.guidance_channels)
 
 
 def _flag(name: str) -> str:
@@ -141,11 +145,11 @@ def _flag(name: str) -> str:
 
 
 def _check_guidance_channels(value: Any) -> str:
-    """``'all'`` or a positive integer (given as int or digit string), as a string."""
+    """``'default'``, ``'all'`` or a positive integer (given as int or digit string), as a string."""
     text = str(value).strip() if isinstance(value, (str, int)) and not isinstance(value, bool) else None
-    if text == "all" or (text is not None and text.isdigit() and int(text) >= 1):
-        return text if text == "all" else str(int(text))
-    raise InputError(f"--guidance-channels must be 'all' or an integer >= 1, got {value!r}")
+    if text in ("all", "default") or (text is not None and text.isdigit() and int(text) >= 1):
+        return text if text in ("all", "default") else str(int(text))
+    raise InputError(f"--guidance-channels must be 'default', 'all' or an integer >= 1, got {value!r}")
 
 
 
@@ -370,7 +374,7 @@ def check_against_pipeline(cfg: SampleConfig, pipe, reference_shape: tuple[int, 
     if channels not in (1, 3):
         raise InputError(f"--pipeline {cfg.pipeline!r} makes {channels}-channel images; sample_fid.py writes "
                          "grey or RGB PNGs")
-    if cfg.channels != "all" and cfg.channels > tcfg.in_channels:
+    if cfg.channels not in (None, "all") and cfg.channels > tcfg.in_channels:
         raise InputError(f"--guidance-channels {cfg.channels} exceeds the {tcfg.in_channels} channels of the "
                          f"transformer of --pipeline {cfg.pipeline!r}; use 1..{tcfg.in_channels} or 'all'")
     if cfg.guidance_scale != 1.0 and tcfg.class_dropout_prob <= 0:
@@ -426,7 +430,8 @@ def run_identity(cfg: SampleConfig, pipe) -> dict[str, Any]:
         "scheduler": scheduler,
         "num_inference_steps": resolved_steps(cfg, pipe),
         "guidance_scale": cfg.guidance_scale,
-        "guidance_channels": cfg.guidance_channels,
+        "guidance_channels": (str(pipe.default_guidance_channels) if cfg.guidance_channels == "default"
+                              else cfg.guidance_channels),  # what runs: a saved default is resolved
         "dtype": cfg.dtype,
     }
     return json.loads(json.dumps(identity, default=str))  # as it reads back from run.json (tuples -> lists)
