@@ -118,6 +118,9 @@ SAMPLER_PRESETS: dict[str, dict[str, Any]] = {
     # Adams-Bashforth 2 (Euler start) and 3 (Heun start: 8 steps are 9 calls)
     "ode-ab2": {"config": {"mode": "ode", "solver": "ab2"}, "num_inference_steps": 8},
     "ode-ab3": {"config": {"mode": "ode", "solver": "ab3"}, "num_inference_steps": 7},
+    # ABM4: the AB3 predictor + a 4-point Adams-Moulton corrector (PEC, no extra call); the shipped digits model's
+    # saved sampler, there on its fitted grid
+    "ode-abm4": {"config": {"mode": "ode", "solver": "abm4"}, "num_inference_steps": 7},
     # DPM-Solver++(2M) (Lu et al. 2022) and UniPC (Zhao et al. 2023) in the path's alpha, sigma; uniform grid
     "ode-dpm++2m": {"config": {"mode": "ode", "solver": "dpm++2m"}, "num_inference_steps": 8},
     "ode-unipc": {"config": {"mode": "ode", "solver": "unipc"}, "num_inference_steps": 8},
