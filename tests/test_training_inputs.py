@@ -399,3 +399,21 @@ def test_the_lora_command_line_is_valid(world: Path, tmp_path: Path) -> None:
     lora = [a.replace("{world}", str(world)) for a in LORA]
     assert ts.main([*base_argv(world), *lora, "--output_dir", str(out), *RESUME, "--max_train_steps", "3"]) == 0
     assert (out / "checkpoints" / "checkpoint-0000003" / "train_state.json").is_file()
+
+
+def test_an_uncached_hub_vae_offline_says_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Hub id that is not in the cache under HF_HUB_OFFLINE=1: the one-line error names offline mode (not only
+    diffusers' "does not appear to have a file named config.json", which reads like a broken repo)."""
+    import huggingface_hub.constants as hf_constants
+
+    from training.config import ConfigError
+
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    with pytest.raises(ConfigError, match=r"--vae 'someone/no-such-vae' could not be loaded \(HF_HUB_OFFLINE=1 and it "
+                                          r"is not in the local Hub cache"):
+        ts.load_vae("someone/no-such-vae", None, torch.device("cpu"))
+    with pytest.raises(ConfigError) as local:  # a local folder that is not a VAE: no offline hint
+        ts.load_vae(str(tmp_path), None, torch.device("cpu"))
+    assert "HF_HUB_OFFLINE" not in str(local.value)

@@ -700,7 +700,14 @@ def load_vae(name: str, subfolder: str | None, device: torch.device) -> Any:
     try:
         vae = AutoencoderKL.from_pretrained(name, subfolder=subfolder)
     except Exception as err:
-        raise ConfigError(f"--vae {name!r} could not be loaded: {type(err).__name__}: {err}") from err
+        hint = ""
+        if not Path(name).expanduser().exists():  # a Hub id: say when the cause is offline mode, not the repo
+            from huggingface_hub import constants
+
+            if constants.HF_HUB_OFFLINE:
+                hint = (" (HF_HUB_OFFLINE=1 and it is not in the local Hub cache: download it once online, or "
+                        "give a local AutoencoderKL folder)")
+        raise ConfigError(f"--vae {name!r} could not be loaded{hint}: {type(err).__name__}: {err}") from err
     vae.requires_grad_(False)
     return vae.eval().to(device)
 
