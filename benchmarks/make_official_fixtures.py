@@ -724,15 +724,21 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def check_official_repo(repo: Path) -> Path:
-    """The export must hold the official files this script runs (names them when not)."""
+def check_export(repo: Path, files: Sequence[str]) -> None:
+    """``--official-repo`` must be a folder holding ``files`` (an export of willisma/SiT); shared by the three
+    fixture generators. ``InputError`` names the folder and the missing files."""
     if not repo.is_dir():
         raise InputError(f"--official-repo {str(repo)!r} is not a folder; give an export of github willisma/SiT "
                          "(git archive <commit> | tar -x -C <folder>)")
-    missing = [name for name in OFFICIAL_FILES if not (repo / name).is_file()]
+    missing = [name for name in files if not (repo / name).is_file()]
     if missing:
         raise InputError(f"--official-repo {str(repo)!r} is not an export of github willisma/SiT: missing "
                          f"{', '.join(missing)}")
+
+
+def check_official_repo(repo: Path) -> Path:
+    """The export must hold the official files this script runs (names them when not)."""
+    check_export(repo, list(OFFICIAL_FILES))
     try:
         _official_method(repo / "models.py", "SiT", "forward_with_cfg")
     except (StopIteration, SyntaxError) as err:

@@ -550,12 +550,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def check_official_repo(repo: Path) -> Path:
     """The export must hold ``models.py`` with ``class SiT``."""
-    if not repo.is_dir():
-        raise InputError(f"--official-repo {str(repo)!r} is not a folder; give an export of github willisma/SiT "
-                         "(git archive <commit> | tar -x -C <folder>)")
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from make_official_fixtures import check_export
+
+    check_export(repo, ["models.py"])
     models = repo / "models.py"
-    if not models.is_file():
-        raise InputError(f"--official-repo {str(repo)!r} is not an export of github willisma/SiT: no models.py")
     if "class SiT(" not in models.read_text(errors="replace"):
         raise InputError(f"--official-repo {str(repo)!r}: models.py defines no class SiT")
     return repo.resolve()

@@ -53,7 +53,7 @@ import torch
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from make_official_fixtures import Official  # noqa: E402
+from make_official_fixtures import Official, check_export  # noqa: E402
 from make_official_model_fixtures import import_official_models  # noqa: E402
 
 from sit_diffusers.atomic import check_output_folder, write_folder_atomically  # noqa: E402
@@ -540,12 +540,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def check_official_repo(repo: Path) -> Path:
     """The export must hold ``train.py``, ``train_utils.py``, ``models.py`` and ``transport/``."""
-    if not repo.is_dir():
-        raise InputError(f"--official-repo {str(repo)!r} is not a folder; give an export of github willisma/SiT "
-                         "(git archive <commit> | tar -x -C <folder>)")
-    missing = [name for name in OFFICIAL_FILES if not (repo / name).is_file()]
-    if missing:
-        raise InputError(f"--official-repo {str(repo)!r} is not an export of github willisma/SiT: no {missing}")
+    check_export(repo, OFFICIAL_FILES)
     return repo.resolve()
 
 

@@ -290,7 +290,7 @@ GENERATOR_REFUSALS = [
     # (id, argv with {repo} = a folder holding models.py with class SiT, {tmp} = the test folder, words)
     ("no-repo-flag", ["--out", "{tmp}/new"], ["--official-repo", "required"]),
     ("repo-missing", ["--official-repo", "{tmp}/nowhere"], ["--official-repo", "nowhere", "not a folder"]),
-    ("repo-without-models", ["--official-repo", "{tmp}/empty"], ["--official-repo", "empty", "no models.py"]),
+    ("repo-without-models", ["--official-repo", "{tmp}/empty"], ["--official-repo", "empty", "missing models.py"]),
     ("models-without-sit", ["--official-repo", "{tmp}/other"], ["--official-repo", "other", "no class SiT"]),
     ("threads-zero", ["--official-repo", "{repo}", "--threads", "0"], ["--threads", "got 0"]),
     ("threads-text", ["--official-repo", "{repo}", "--threads", "two"], ["--threads", "'two'"]),
