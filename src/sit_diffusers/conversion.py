@@ -387,7 +387,8 @@ def infer_official_config(
     linear rows ``p*p*C_out``; ``num_classes`` = table rows - 1 (the last row is the null class of
     ``class_dropout_prob > 0``, as official training always makes it; a one-row table is one class without
     it) unless given: a table of ``num_classes`` rows then has no null class (``class_dropout_prob = 0``, no
-    guidance), one of ``num_classes + 1`` has it; ``sample_size = sqrt(T) * p`` from ``pos_embed`` (1, T, D), ``T >= 1`` a square.
+    guidance), one of ``num_classes + 1`` has it; ``sample_size = sqrt(T) * p`` from ``pos_embed``
+    (1, T, D), ``T >= 1`` a square.
     ``num_heads`` is not visible in the shapes: it comes from the named config of that width, depth and
     patch unless given, and must divide ``D``.
 

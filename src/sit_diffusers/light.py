@@ -106,6 +106,17 @@ def check_guidance(
     return scale, k, (t_lo, t_hi)
 
 
+def check_default_guidance_channels(value: Any, channels: int, has_null: bool) -> Any:
+    """A pipeline's saved ``default_guidance_channels``: ``None`` or what ``guidance_channels`` takes
+    (:func:`check_guidance`); ``InputError`` prefixed with the setting's name."""
+    if value is not None:
+        try:
+            check_guidance(1.0, value, (0.0, 1.0), channels=channels, has_null=has_null)
+        except InputError as err:
+            raise InputError(f"default_guidance_channels: {err}") from None
+    return value
+
+
 def check_generator(generator: Any, batch_size: int) -> None:
     """``None``, a ``torch.Generator``, or a list of exactly ``batch_size`` of them (one per image)."""
     if generator is None:
@@ -334,8 +345,8 @@ class LightPipeline:
 
     It has the parts of ``SiTPipeline``'s interface ``sit-generate`` uses: ``transformer`` (``.config``,
     ``.dtype``), ``scheduler`` (``.config``, ``check_num_inference_steps``), ``config``
-    (``default_num_inference_steps``, ``default_guidance_scale``, ``default_guidance_channels``), ``num_classes``, ``id2label``,
-    ``get_label_ids``, ``set_sampler(preset)``, ``set_progress_bar_config``, ``to(device)`` and ``__call__``
+    (``default_num_inference_steps``, ``default_guidance_scale``, ``default_guidance_channels``),
+    ``num_classes``, ``id2label``, ``get_label_ids``, ``set_sampler(preset)``, ``set_progress_bar_config``, ``to(device)`` and ``__call__``
     for one image per label from noise.
     """
 
@@ -348,13 +359,8 @@ class LightPipeline:
         if id2label is None and num_classes == IMAGENET_NUM_CLASSES:
             id2label = imagenet_id2label()
         self._labels = LabelResolver(num_classes, check_id2label(id2label, num_classes))
-        if default_guidance_channels is not None:
-            cfg = transformer.config
-            try:
-                check_guidance(1.0, default_guidance_channels, (0.0, 1.0), channels=int(cfg.in_channels),
-                               has_null=cfg.class_dropout_prob > 0)
-            except InputError as err:
-                raise InputError(f"default_guidance_channels: {err}") from None
+        cfg = transformer.config
+        check_default_guidance_channels(default_guidance_channels, int(cfg.in_channels), cfg.class_dropout_prob > 0)
         self.config = LightPipelineConfig(default_num_inference_steps, default_guidance_scale,
                                           default_guidance_channels)
         self._model_sampler_config = {k: scheduler.config[k] for k in MODEL_SAMPLER_KEYS}

@@ -44,6 +44,7 @@ from .light import (
     MODEL_SAMPLER_KEYS,
     OUTPUT_TYPES,
     NFECounter,
+    check_default_guidance_channels,
     check_generator,
     check_guidance,
     check_id2label,
@@ -138,11 +139,8 @@ class SiTPipeline(DiffusionPipeline, SiTLoraLoaderMixin):
     ) -> None:
         super().__init__()
         self.register_modules(transformer=transformer, scheduler=scheduler, vae=vae)
-        if default_guidance_channels is not None:
-            try:
-                self._check_guidance(1.0, default_guidance_channels, (0.0, 1.0))
-            except InputError as err:
-                raise InputError(f"default_guidance_channels: {err}") from None
+        check_default_guidance_channels(default_guidance_channels, int(transformer.config.in_channels),
+                                        transformer.config.class_dropout_prob > 0)
         if id2label is None and transformer.config.num_classes == IMAGENET_NUM_CLASSES:
             id2label = imagenet_id2label()
         self.register_to_config(
