@@ -135,9 +135,9 @@ class SampleConfig:
     @property
     def channels(self) -> int | Literal["all"] | None:
         """``guidance_channels`` as the pipeline takes it (``None``: the pipeline's saved default)."""
-        if self.guidance_channels in ("all", "default"):
-            return None if self.guidance_channels == "default" else "all"
-        return int(self.guidance_channels)
+        if self.guidance_channels == "default":
+            return None
+        return "all" if self.guidance_channels == "all" else int(self.guidance_channels)
 
 
 def _flag(name: str) -> str:
