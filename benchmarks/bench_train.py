@@ -3,7 +3,7 @@ the digits model through the whole trainer (per-step vs per-sample draws, the ol
 
     python benchmarks/bench_train.py                                    # CPU, SiT-S/2, 256 px
     python benchmarks/bench_train.py --device cuda --model SiT-XL/2 --mixed_precision bf16
-    python benchmarks/bench_train.py --suite digits --threads 2 --repeats 3   # the digits model, 6 rows
+    python benchmarks/bench_train.py --suite digits --threads 2 --repeats 3   # the digits model, 7 rows
 
 ``--suite digits`` times ``train_sit.train`` itself on the embedded digit model's config
 (``benchmarks/train_digits.py``: SiT-S/4 narrowed to 192 x 6, 28 x 28 x 1 pixels, batch 256) between the EMA
@@ -13,7 +13,9 @@ updates of steps ``warmup`` and ``warmup + steps`` (setup excluded), best of ``-
 ``train_digits.train_vectorised`` loop of commit 9fc8a1f, :func:`side_loop`, the reference the trainer must
 reach), ``repa encoder`` (REPA with a random ``transformers`` DINOv2-architecture encoder run on every batch),
 ``repa features`` (REPA from precomputed features of the same shape: random values, the speed does not
-depend on them) and ``irepa features`` (the same with iREPA's conv projector and z-scored targets). ``--compile regional`` adds that trainer row.
+depend on them) and ``irepa features`` (the same with iREPA's conv projector and z-scored targets); ``after math``
+is ``after`` with ``--attention_backend _native_math``. ``--compile`` adds ``after compile`` (regional) and, with
+``after math``, ``after compile math``.
 
 One step of the default suite is exactly the one of ``training/train_sit.py`` (per-step seeded draws, posterior
 sample of the VAE moments, ``SiTObjective`` loss, AdamW, gradient-norm computation, EMA update). Two
@@ -276,10 +278,12 @@ def digits_row(row: str, args: argparse.Namespace, work: Path) -> float:
     flags = argparse.Namespace(variant="sit", batch_size=args.batch_size, steps=args.warmup + args.steps, lr=8e-4,
                                ema=0.999, warmup=0, seed=0, workers=args.workers, out=work / f"{row}-{_time.time_ns()}",
                                mixed_precision=args.mixed_precision, compile="none", checkpointing_steps=None,
-                               resume=False, **train_digits.MODEL_OVERRIDES,
+                               resume=False, attention_backend=None, **train_digits.MODEL_OVERRIDES,
                                **{k: None for k in train_digits.REPA_FLAGS})
-    if row == "after compile":
+    if row.startswith("after compile"):
         flags.compile = args.compile
+    if row.endswith("math"):  # --attention_backend _native_math (no flash-attention backward on CPU)
+        flags.attention_backend = "_native_math"
     if "repa" in row:
         flags.repa_encoder, flags.repa_depth = str(work / "encoder"), 2
         if row.startswith("irepa"):  # iREPA: 3 x 3 conv projector, z-scored targets
@@ -321,7 +325,7 @@ def digits_suite(args: argparse.Namespace) -> None:
 
     rows = [r.strip() for r in args.rows.split(",")]
     if args.compile != "none":
-        rows.append("after compile")
+        rows += ["after compile"] + (["after compile math"] if "after math" in rows else [])
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         if any("repa" in r for r in rows):
@@ -361,9 +365,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--peak_tflops", type=float, default=None, help="the card's dense peak, for MFU")
     parser.add_argument("--suite", default="sit", choices=["sit", "digits"],
                         help="sit: the vae/latents modes of --model; digits: the digits model through the trainer")
-    parser.add_argument("--rows", default="after,before,side loop,repa encoder,repa features,irepa features",
-                        help="digits suite: comma list of after, before, side loop, repa encoder, repa features, "
-                             "irepa features (conv projector, z-scored targets)")
+    parser.add_argument("--rows", default="after,after math,before,side loop,repa encoder,repa features,"
+                                          "irepa features",
+                        help="digits suite: comma list of after, after math (--attention_backend _native_math), "
+                             "before, side loop, repa encoder, repa features, irepa features (conv projector, "
+                             "z-scored targets)")
     parser.add_argument("--repeats", type=int, default=3, help="digits suite: runs per row (the best is shown)")
     parser.add_argument("--workers", type=int, default=0, help="digits suite: DataLoader workers")
     parser.add_argument("--repa_projector_dim", type=int, default=256,

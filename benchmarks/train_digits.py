@@ -56,6 +56,7 @@ TRAINER_FLAGS = {
     "--global_batch_size": "--batch-size", "--max_train_steps": "--steps", "--learning_rate": "--lr",
     "--ema_decay": "--ema", "--lr_warmup_steps": "--warmup", "--dataloader_num_workers": "--workers",
     "--output_dir": "--out", "--checkpointing_steps": "--checkpointing-steps", "--mixed_precision": "--mixed-precision",
+    "--attention_backend": "--attention-backend",
     **{f"--{k}": "--" + k.replace("_", "-") for k in REPA_FLAGS},
 }
 """``train_sit.py`` flag -> this script's, for the trainer's error messages."""
@@ -96,6 +97,7 @@ def digits_config(args: argparse.Namespace) -> dict[str, Any]:
         "ema_decay": args.ema,
         "mixed_precision": args.mixed_precision,
         "compile": args.compile,
+        "attention_backend": args.attention_backend,
         "seed": args.seed,
         "output_dir": str(args.out),
         "report_to": "none",
@@ -172,6 +174,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="autocast (default: bf16 on cuda, no on cpu)")
     parser.add_argument("--compile", choices=("none", "full", "regional"), default="none",
                         help="torch.compile the transformer (train_sit.py --compile; default: none)")
+    parser.add_argument("--attention-backend", default=None, metavar="NAME",
+                        help="diffusers attention backend while training (train_sit.py --attention_backend), e.g. "
+                             "_native_math: ~1.3-1.6x faster on CPU in bf16 (default: the model's)")
     parser.add_argument("--out", type=Path, required=True, help="run folder (pipeline in OUT/pipeline)")
     parser.add_argument("--checkpointing-steps", type=int, default=None,
                         help="keep a checkpoint every N steps (default: only the last)")
@@ -261,7 +266,7 @@ def _main(argv: list[str]) -> None:
         "command": "python benchmarks/train_digits.py " + " ".join(argv),
         "trainer": "training/train_sit.py", "variant": args.variant, "steps": args.steps,
         "batch_size": args.batch_size, "model": model_size(args), "mixed_precision": args.mixed_precision,
-        "compile": args.compile, "train_seconds": round(seconds, 1), "device": device_name, "torch": torch.__version__,
+        "compile": args.compile, "attention_backend": args.attention_backend, "train_seconds": round(seconds, 1), "device": device_name, "torch": torch.__version__,
         **({"repa": {k: getattr(cfg, k) for k in REPA_FLAGS}} if cfg.repa_encoder is not None else {}),
     }
     (args.out / "training.json").write_text(json.dumps(info, indent=2))

@@ -114,6 +114,8 @@ BAD_FLAGS = [
     (["--install", "--repa-encoder", "x"], "--install with --repa-encoder"),
     (["--repa-coeff", "0.5"], "--repa-coeff set without --repa-encoder"),  # the default value, given: refused too
     (["--repa-encoder", "x", "--repa-depth", "9"], "--repa-depth must be in [1, 6]"),
+    (["--attention-backend", "natve"], "--attention-backend 'natve' is not a diffusers attention backend"),
+    (["--attention-backend", "_native_cudnn"], "--attention-backend _native_cudnn cannot train on cpu"),
     (["--compile", "max"], None),  # argparse: invalid choice
     (["--steps", "2.5"], None),  # argparse: invalid int value
 ]

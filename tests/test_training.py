@@ -302,6 +302,36 @@ def test_fsdp_on_cpu_is_refused_before_anything_is_written(
     assert not (tmp_path / "fsdp").exists()
 
 
+def test_attention_backend_is_a_speed_choice_only(
+    assets: Path, straight: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """--attention_backend _native_math: every attention call of the run goes to that kernel, the run equals the
+    default one to float rounding, and the saved pipeline keeps the model's default (nothing of it is saved)."""
+    import sit_diffusers.modeling_sit as modeling
+
+    seen: list[str | None] = []
+    real = modeling.dispatch_attention_fn
+
+    def spy(*args: Any, backend: Any = None, **kwargs: Any) -> torch.Tensor:
+        seen.append(getattr(backend, "value", backend))
+        return real(*args, backend=backend, **kwargs)
+
+    monkeypatch.setattr(modeling, "dispatch_attention_fn", spy)
+    out = tmp_path / "math"
+    train(tiny(assets, out, gradient_accumulation_steps=2, attention_backend="_native_math", save_pipeline=True))
+    monkeypatch.setattr(modeling, "dispatch_attention_fn", real)
+    # 4 steps x 2 micro-batches x 2 blocks, forward only (the backward does not call the dispatcher)
+    assert seen == ["_native_math"] * 16
+    assert_states_equal(load_checkpoint(out / "checkpoints" / "checkpoint-0000004"),
+                        load_checkpoint(straight / "checkpoints" / "checkpoint-0000004"), atol=1e-5)
+    saved = json.loads((out / "pipeline" / "transformer" / "config.json").read_text())
+    assert "attention" not in json.dumps(saved)
+    from sit_diffusers.pipeline_sit import SiTPipeline
+
+    pipe = SiTPipeline.from_pretrained(out / "pipeline")
+    assert {m.processor._attention_backend for m in pipe.transformer.modules() if hasattr(m, "processor")} == {None}
+
+
 def test_precomputed_latents_train_like_on_the_fly(assets: Path, straight: Path, tmp_path: Path) -> None:
     from training.precompute_latents import PrecomputeConfig, precompute
 

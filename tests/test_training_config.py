@@ -107,7 +107,8 @@ def test_resume_policy() -> None:
 
     saved = TrainConfig().to_dict()
     free = dict(max_train_steps=10, log_every=5, checkpointing_steps=7, sample_every=0, output_dir="elsewhere",
-                report_to="none", dataloader_num_workers=0, gradient_accumulation_steps=2, compile="regional")
+                report_to="none", dataloader_num_workers=0, gradient_accumulation_steps=2, compile="regional",
+                attention_backend="_native_math")
     assert config_changes(saved, TrainConfig(**free)) == []
     assert config_changes(saved, TrainConfig(learning_rate=2e-4, seed=3)) == [
         "--learning_rate: 0.0001 -> 0.0002", "--seed: 0 -> 3"]

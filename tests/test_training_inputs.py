@@ -196,6 +196,14 @@ CASES = [
     Case("batch-not-divisible", ["--global_batch_size", "3", "--gradient_accumulation_steps", "2"],
          ["--global_batch_size 3", "--gradient_accumulation_steps (2)"]),
     Case("steps-not-integer", ["--max_train_steps", "2.5"], ["--max_train_steps", "'2.5'"]),
+    # ---- speed choices
+    Case("attention-backend-unknown", ["--attention_backend", "natve"],
+         ["--attention_backend 'natve'", "not a diffusers attention backend", "_native_math", "did you mean 'native'"]),
+    Case("attention-backend-empty", ["--attention_backend", " "], ["--attention_backend", "must not be empty"]),
+    Case("attention-backend-no-cpu-kernel", ["--attention_backend", "_native_cudnn"],
+         ["--attention_backend _native_cudnn", "cannot train on cpu", "head width 16", "_native_math"]),
+    Case("attention-backend-missing-package", ["--attention_backend", "xformers"],
+         ["--attention_backend xformers", "cannot train on cpu", "xformers"]),
     # ---- objective and sampling
     Case("train-eps-half", ["--train_eps", "0.5"], ["--train_eps", "< 0.5", "got 0.5"]),
     Case("sample-eps-negative", ["--sample_eps", "-0.1"], ["--sample_eps", "got -0.1"]),

@@ -184,6 +184,11 @@ class TrainConfig:
     compile: Literal["none", "full", "regional"] = "none"
     """torch.compile the transformer: full (the whole forward, one graph) or regional (each SiT block, compiled
     once and reused: faster to warm up); none runs eagerly. Same weights and draws either way."""
+    attention_backend: str | None = None
+    """diffusers attention backend of the transformer while it trains (set_attention_backend), e.g. _native_math;
+    none = the model's default (native: torch SDPA picks its kernel). A speed choice: the same attention up to
+    float rounding. On CPU with bf16 and short token grids (the digits model's 49 tokens) SDPA's flash
+    backward is slow and _native_math trains ~1.3-1.6x faster (docs/training.md#speed)."""
     random_draws: Literal["per-step"] = "per-step"
     """How each step's randomness is drawn: per-step = one generator per (seed, optimiser step, stream) draws the
     whole global batch's posterior eps, noise, times and label drops, and every micro-batch takes its rows
@@ -296,6 +301,9 @@ class TrainConfig:
             raise ConfigError("--push_to_hub needs --hub_model_id (user/name)")
         if self.streaming and self.latents_dir is not None:
             raise ConfigError("--streaming reads images; --latents_dir is a local map-style folder: use one")
+        if self.attention_backend is not None and not self.attention_backend.strip():
+            raise ConfigError("--attention_backend must not be empty (a diffusers backend name; none = the model's "
+                              "default)")
         self._check_lora()
         self._check_repa()
 
@@ -422,7 +430,8 @@ RESUME_FREE_FIELDS = frozenset({
     # how long (see config_changes for schedules that depend on it)
     "max_train_steps",
     # speed and memory only: the same samples, draws and updates
-    "dataloader_num_workers", "cache_dir", "gradient_checkpointing", "compile", "allow_tf32",
+    "dataloader_num_workers", "cache_dir", "gradient_checkpointing", "compile", "attention_backend",
+    "allow_tf32",
     "gradient_accumulation_steps",
 })
 """Fields a resumed run may change freely. Every other field (model, objective, data, VAE, optimiser, EMA,

@@ -203,6 +203,38 @@ def check_compile(cfg: TrainConfig, device: torch.device) -> None:
                               f"$CXX): {err}; install one or pass --compile none") from None
 
 
+def check_attention_backend(cfg: TrainConfig, device: torch.device, mixed_precision: str,
+                            pretrained: Pretrained | None) -> None:
+    """``--attention_backend`` names a diffusers backend that runs here: its package requirements, then one tiny
+    attention forward and backward on ``device`` in the run's precision with the model's head width (an
+    unavailable kernel would otherwise fail the first step, after the data was read). Raises ``ConfigError``."""
+    if cfg.attention_backend is None:
+        return
+    from diffusers.models.attention_dispatch import (
+        AttentionBackendName,
+        _check_attention_backend_requirements,
+        dispatch_attention_fn,
+    )
+
+    names = [b.value for b in AttentionBackendName]
+    name = cfg.attention_backend
+    if name not in names:
+        raise ConfigError(f"--attention_backend {name!r} is not a diffusers attention backend; choose from "
+                          f"{', '.join(names)}, or none for the model's default" + _closest(name, names))
+    arch = pretrained.config if pretrained is not None else model_arguments(cfg)
+    heads, head_dim = arch["num_heads"], arch["hidden_size"] // arch["num_heads"]
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mixed_precision, torch.float32)
+    try:
+        _check_attention_backend_requirements(AttentionBackendName(name))
+        q, k, v = (torch.randn(2, 4, heads, head_dim, device=device, dtype=dtype, requires_grad=True)
+                   for _ in range(3))  # (N, T, H, Dh)
+        dispatch_attention_fn(q, k, v, backend=AttentionBackendName(name)).float().sum().backward()
+    except Exception as err:  # noqa: BLE001 - any failure means the training step would fail the same way
+        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(f"--attention_backend {name} cannot train on {device.type} in {dtype} with head width "
+                          f"{head_dim}: {message}; pass another backend (e.g. _native_math) or none") from None
+
+
 def _check_side(cfg: TrainConfig, side: int, what: str) -> None:
     patch = model_arguments(cfg)["patch_size"]
     if side % patch:
@@ -1205,6 +1237,7 @@ def train(cfg: TrainConfig, dataset: Any | None = None) -> Path:
                           "sharded); use DDP or a single process")
     device = accelerator.device
     check_compile(cfg, device)
+    check_attention_backend(cfg, device, accelerator.mixed_precision, pretrained)
     torch.backends.cuda.matmul.allow_tf32 = cfg.allow_tf32
     torch.backends.cudnn.allow_tf32 = cfg.allow_tf32
     base_model = pretrained.fingerprint if lora else None
@@ -1255,6 +1288,8 @@ def train(cfg: TrainConfig, dataset: Any | None = None) -> Path:
         repa = Repa(encoder, projector, cfg.repa_depth, cfg.repa_coeff, cfg.repa_stop_step, (side, side), zscore)
     if cfg.gradient_checkpointing:
         model.enable_gradient_checkpointing()
+    if cfg.attention_backend is not None:  # training only: the saved pipeline keeps the model's default
+        model.set_attention_backend(cfg.attention_backend)
     if cfg.compile == "full":
         model.compile()  # in place: the state dict keys stay those of the plain model
     elif cfg.compile == "regional":
@@ -1297,10 +1332,10 @@ def train(cfg: TrainConfig, dataset: Any | None = None) -> Path:
             k: (json.dumps(v) if isinstance(v, (dict, list)) else v) for k, v in cfg.to_dict().items()})
     n_params = sum(p.numel() for p in accelerator.unwrap_model(model).parameters())
     logger.info("SiT parameters: %s (trained: %s); examples: %s; processes: %d; micro-batch: %d; AdamW: %s; "
-                "compile: %s", f"{n_params:,}", f"{sum(p.numel() for p in params):,}", data.num_examples,
-                accelerator.num_processes,
+                "compile: %s; attention: %s", f"{n_params:,}", f"{sum(p.numel() for p in params):,}",
+                data.num_examples, accelerator.num_processes,
                 cfg.global_batch_size // (accelerator.num_processes * cfg.gradient_accumulation_steps), adamw,
-                cfg.compile)
+                cfg.compile, cfg.attention_backend or "the model's default")
     if repa is not None:
         logger.info("REPA: block %d of %d -> %s projector (%s parameters) -> %s (width %d, %s, targets %s), coeff "
                     "%s, until step %s", repa.depth, model_config["depth"], cfg.repa_projector,
