@@ -61,7 +61,12 @@ def build_parser() -> argparse.ArgumentParser:
     budget.add_argument("--heads", type=int, default=3, help="attention heads (default: 3)")
     budget.add_argument("--workers", type=int, default=0, help="data-loader workers (default: 0)")
     budget.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
-                        help="where to train; cuda trains in bf16 autocast (default: cpu)")
+                        help="where to train (default: cpu)")
+    budget.add_argument("--mixed-precision", choices=("no", "bf16"), default=None,
+                        help="autocast (default: bf16 on cuda, no on cpu; a CPU with AMX trains bf16 ~1.5x faster)")
+    budget.add_argument("--attention-backend", default=None, metavar="NAME",
+                        help="diffusers attention backend while training, e.g. _native_math (on CPU in bf16 "
+                             "~1.3-1.6x faster: docs/training.md; default: the model's)")
     budget.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     rp = p.add_argument_group("REPA")
     rp.add_argument("--encoder", default=str(DEFAULT_ENCODER), help="transformers encoder folder or id "
@@ -166,7 +171,9 @@ def train_fields(args: argparse.Namespace, plan: dict[str, Any], arm: str, seed:
     from benchmarks.train_digits import build_parser as digits_parser
     from benchmarks.train_digits import digits_config
 
-    argv = ["--device", args.device, "--mixed-precision", "bf16" if args.device == "cuda" else "no",
+    precision = args.mixed_precision or ("bf16" if args.device == "cuda" else "no")
+    argv = ["--device", args.device, "--mixed-precision", precision,
+            *(["--attention-backend", args.attention_backend] if args.attention_backend else []),
             "--steps", args.steps, "--batch-size", args.batch_size, "--lr", args.lr, "--warmup", args.warmup,
             "--ema", args.ema, "--seed", seed, "--workers", args.workers, "--out", out / run_name(arm, seed),
             "--hidden-size", args.hidden_size, "--depth", args.depth, "--num-heads", args.heads,
@@ -193,8 +200,19 @@ def planned_runs(args: argparse.Namespace, plan: dict[str, Any], out: Path) -> l
     for seed in plan["seeds"]:
         for arm in plan["arms"]:
             fields = train_fields(args, plan, arm, seed, out)
-            config_from_dict(fields, where=f"run {run_name(arm, seed)}")
+            cfg = config_from_dict(fields, where=f"run {run_name(arm, seed)}")
             runs.append((run_name(arm, seed), arm, seed, fields))
+    if args.attention_backend is not None:  # the same for every run: checked once, on the device, as train() will
+        import torch
+
+        from benchmarks.train_digits import as_typed
+        from training.config import ConfigError
+        from training.train_sit import check_attention_backend
+
+        try:
+            check_attention_backend(cfg, torch.device(args.device), cfg.mixed_precision, None)
+        except ConfigError as err:
+            raise ConfigError(as_typed(str(err))) from None
     return runs
 
 

@@ -606,6 +606,9 @@ RUNNER_BAD = [
     (["--guidance", "nan"], ["--guidance", "nan"]),
     (["--encoder", "{tmp}/no-encoder"], ["--encoder", "no-encoder", "config.json"]),
     (["--features", "cached"], ["--features", "'cached'"]),
+    (["--attention-backend", "natve"], ["--attention-backend 'natve'", "did you mean 'native'"]),
+    (["--attention-backend", "_native_cudnn"], ["--attention-backend _native_cudnn", "cannot train on cpu"]),
+    (["--mixed-precision", "fp8"], ["--mixed-precision", "'fp8'"]),
     (["--out", "{tmp}/a-file"], ["--out", "a-file"]),
 ]
 
