@@ -145,6 +145,8 @@ def test_bad_flags_exit_2_before_any_work(argv, message, tmp_path, capsys):
     ([], {}, "usage: bash benchmarks/device_checks.sh prepare|run|smoke"),
     (["deploy"], {}, "usage:"),
     (["run"], {"OUT": ""}, "run on the device machine"),
+    (["smoke", "repa", "fid"], {}, "unknown phase 'fid': choose from digits, repa, xl"),
+    (["prepare", "xl"], {}, "prepare takes no phases"),
 ])
 def test_device_checks_script_refuses_bad_calls(argv, env, message, tmp_path):
     """The prepared GPU script parses, and a call it cannot serve exits 2 with one message before any work."""
