@@ -226,7 +226,8 @@ def check_attention_backend(cfg: TrainConfig, device: torch.device, mixed_precis
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mixed_precision, torch.float32)
     try:
         _check_attention_backend_requirements(AttentionBackendName(name))
-        q, k, v = (torch.randn(2, 4, heads, head_dim, device=device, dtype=dtype, requires_grad=True)
+        probe = torch.Generator(device).manual_seed(0)  # the run's global RNG stays untouched
+        q, k, v = (torch.randn(2, 4, heads, head_dim, device=device, dtype=dtype, generator=probe, requires_grad=True)
                    for _ in range(3))  # (N, T, H, Dh)
         dispatch_attention_fn(q, k, v, backend=AttentionBackendName(name)).float().sum().backward()
     except Exception as err:  # noqa: BLE001 - any failure means the training step would fail the same way
