@@ -20,6 +20,7 @@ from collections.abc import Callable
 from functools import partial
 
 import torch
+import torch._dynamo
 
 from sit_diffusers.modeling_sit import SiTTransformer2DModel
 
@@ -61,21 +62,28 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--repeats", type=int, default=3, help="timed calls per cell (the best is shown)")
+    parser.add_argument("--compile", action="store_true",
+                        help="regional torch.compile of the blocks (compile_repeated_blocks), as train_sit --compile "
+                             "regional; each backend and pass warms up once, untimed")
     args = parser.parse_args(argv)
     if args.repeats < 1:
         parser.error(f"--repeats must be >= 1, got {args.repeats}")
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    if args.compile:  # one graph per shape x precision x pass x backend: more than dynamo's default 8 per block
+        torch._dynamo.config.recompile_limit = 64
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     print(f"# bench_attention: device {device.type}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
-          f"best of {args.repeats}")
+          f"best of {args.repeats}, compile {'regional' if args.compile else 'none'}")
     print("| shape | batch | precision | pass | native ms | _native_math ms | ratio |")
     print("|---|---|---|---|---|---|---|")
     for name, (size, channels, patch, hidden, depth, heads, batch) in SHAPES.items():
         torch.manual_seed(0)
         model = SiTTransformer2DModel(sample_size=size, in_channels=channels, patch_size=patch, hidden_size=hidden,
                                       depth=depth, num_heads=heads, num_classes=10, learn_sigma=False).to(device)
+        if args.compile:
+            model.compile_repeated_blocks()
         x = torch.randn(batch, channels, size, size, device=device)  # (N, C, H, W)
         t = torch.rand(batch, device=device)
         y = torch.randint(0, 10, (batch,), device=device)
