@@ -252,7 +252,7 @@ def _main(argv: list[str]) -> None:
     from sit_diffusers.digits import digits_dataset
     from training.config import ConfigError, config_from_dict
     from training.data import DataError
-    from training.train_sit import train
+    from training.train_sit import read_starts, train
 
     t0 = time.perf_counter()
     try:
@@ -268,6 +268,10 @@ def _main(argv: list[str]) -> None:
         "batch_size": args.batch_size, "model": model_size(args), "mixed_precision": args.mixed_precision,
         "compile": args.compile, "attention_backend": args.attention_backend, "train_seconds": round(seconds, 1), "device": device_name, "torch": torch.__version__,
         **({"repa": {k: getattr(cfg, k) for k in REPA_FLAGS}} if cfg.repa_encoder is not None else {}),
+        # every start of the run (the trainer's runs.jsonl): a resumed run names each part's speed settings
+        "parts": [{"from_step": s["from_step"], "started": s["started"], "device": s["device"], "torch": s["torch"],
+                   **{k: s["config"].get(k) for k in ("mixed_precision", "compile", "attention_backend")}}
+                  for s in read_starts(args.out)],
     }
     (args.out / "training.json").write_text(json.dumps(info, indent=2))
     print(json.dumps(info))

@@ -39,6 +39,9 @@ def test_train_digits_records_variant_and_size(walk_runs):
         info = json.loads((walk_runs / variant / "training.json").read_text())
         assert info["variant"] == variant and info["steps"] == 3
         assert info["model"] == {"hidden_size": 16, "depth": 1, "num_heads": 2, "patch_size": 7}
+        (part,) = info["parts"]  # one start, from step 0, with its speed settings
+        assert part["from_step"] == 0 and part["device"] == "cpu" and part["compile"] == "none"
+        assert part["attention_backend"] is None and part["mixed_precision"] == "no"
         pipe = SiTPipeline.from_pretrained(str(walk_runs / variant / "pipeline"))
         assert pipe.transformer.config.hidden_size == 16 and pipe.transformer.config.patch_size == 7
         assert (pipe.scheduler.config.path_type, pipe.scheduler.config.prediction) == (path_type, prediction)

@@ -234,6 +234,13 @@ def test_sigkill_then_resume_is_bitwise_identical(assets: Path, straight: Path, 
 
     train(tiny(assets, out, gradient_accumulation_steps=2, resume_from_checkpoint="latest"))
     assert (ckpt_root / "checkpoint-0000002" / "model.safetensors").read_bytes() == good
+    # runs.jsonl keeps both parts of the run (config.json holds the newest start's config only)
+    from training.train_sit import read_starts
+
+    starts = read_starts(out)
+    assert [s["from_step"] for s in starts] == [0, 2] and starts[0]["processes"] == 1
+    assert starts[0]["config"]["resume_from_checkpoint"] is None
+    assert starts[1]["config"]["resume_from_checkpoint"] == "latest"
     assert not (ckpt_root / ".tmp-checkpoint-0000004").exists()
     resumed = load_checkpoint(ckpt_root / "checkpoint-0000004")
     reference = load_checkpoint(straight / "checkpoints" / "checkpoint-0000004")

@@ -236,6 +236,29 @@ def check_attention_backend(cfg: TrainConfig, device: torch.device, mixed_precis
                           f"{head_dim}: {message}; pass another backend (e.g. _native_math) or none") from None
 
 
+RUNS_FILE = "runs.jsonl"
+"""In ``output_dir``: one JSON line per start of the run (the first and every resume). ``config.json`` holds the
+newest start's config; this file keeps every part's, so a run trained in several processes (say across
+sessions, with a speed flag changed on resume) records what each part ran with and from which step."""
+
+
+def record_start(cfg: TrainConfig, start_step: int, accelerator: Any) -> None:
+    """Append this start to :data:`RUNS_FILE` (main process; after every check passed, before the first step)."""
+    line = {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "from_step": start_step,
+            "processes": accelerator.num_processes, "device": accelerator.device.type,
+            "mixed_precision": accelerator.mixed_precision, "torch": torch.__version__, "config": cfg.to_dict()}
+    with open(Path(cfg.output_dir) / RUNS_FILE, "a") as f:
+        f.write(json.dumps(line) + "\n")
+
+
+def read_starts(output_dir: str | Path) -> list[dict[str, Any]]:
+    """The starts recorded in ``output_dir`` (:data:`RUNS_FILE`), oldest first; [] when there is none."""
+    path = Path(output_dir) / RUNS_FILE
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
 def _check_side(cfg: TrainConfig, side: int, what: str) -> None:
     patch = model_arguments(cfg)["patch_size"]
     if side % patch:
@@ -1328,6 +1351,7 @@ def train(cfg: TrainConfig, dataset: Any | None = None) -> Path:
     if accelerator.is_main_process:
         Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
         (Path(cfg.output_dir) / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+        record_start(cfg, start_step, accelerator)
     if cfg.report_to != "none":
         accelerator.init_trackers(cfg.tracker_project_name, config={
             k: (json.dumps(v) if isinstance(v, (dict, list)) else v) for k, v in cfg.to_dict().items()})
