@@ -67,7 +67,12 @@ def build_parser() -> argparse.ArgumentParser:
     budget.add_argument("--attention-backend", default=None, metavar="NAME",
                         help="diffusers attention backend while training, e.g. _native_math (on CPU in bf16 "
                              "~1.3-1.6x faster: docs/training.md; default: the model's)")
-    budget.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    budget.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads per run (default: torch's; with --jobs > 1: 1)")
+    budget.add_argument("--jobs", type=int, default=1,
+                        help="runs trained at once, each in its own process (default: 1). On a CPU, N one-thread "
+                             "runs use N cores better than one N-thread run; the wall time per step of each run "
+                             "then includes the others' contention, alike for every arm")
     rp = p.add_argument_group("REPA")
     rp.add_argument("--encoder", default=str(DEFAULT_ENCODER), help="transformers encoder folder or id "
                     "(default: the shipped digit encoder)")
@@ -126,6 +131,7 @@ def check_args(args: argparse.Namespace) -> dict[str, Any]:
     check_choice("--device", args.device, ("cpu", "cuda"))
     if args.threads is not None:
         check_int("--threads", args.threads, minimum=1)
+    check_int("--jobs", args.jobs, minimum=1)
     if args.repa_depth is not None and not 1 <= check_int("--repa-depth", args.repa_depth) <= args.depth:
         raise InputError(f"--repa-depth must be in [1, --depth {args.depth}], got {args.repa_depth}")
     check_float("--repa-coeff", args.repa_coeff, minimum=0.0)
@@ -289,6 +295,19 @@ def run_one(fields: dict[str, Any], eval_steps: list[int], classifier: Any, refe
             "points": points, "repa": {k: v for k, v in fields.items() if k.startswith("repa_")}}
 
 
+def _run_in_worker(fields: dict[str, Any], eval_steps: list[int], arguments: dict[str, Any]) -> dict[str, Any]:
+    """:func:`run_one` in a ``--jobs`` worker process: its own threads, classifier and reference digits."""
+    import torch
+
+    from sit_diffusers.digit_classifier import load_classifier
+    from sit_diffusers.evaluation import heldout_reference
+
+    args = argparse.Namespace(**arguments)
+    torch.set_num_threads(args.threads or 1)
+    classifier = load_classifier()
+    return run_one(fields, eval_steps, classifier, heldout_reference(classifier), args)
+
+
 def step_time(run_dir: Path, eval_steps: list[int], seconds: float) -> float:
     """Wall seconds per step between the first and the last scored checkpoint (their ``train_state.json``
     times: no start-up, model building or final pipeline export; checkpoint writes included), else the
@@ -409,13 +428,29 @@ def _cli(argv: Sequence[str]) -> int:
         table = markdown(summary, plan, args, command, results.get("features_seconds"))
         write_file_atomically(out / "repa_digits.md", lambda p: p.write_text(table))
 
+    pending = []
     for name, _, _, fields in runs:
         if name in results["runs"]:
             print(f"{name}: done before, kept", flush=True)
-            continue
-        print(f"{name}: training", flush=True)
-        results["runs"][name] = run_one(fields, plan["eval_steps"], classifier, reference, args)
-        save()
+        else:
+            pending.append((name, fields))
+    if args.jobs == 1:
+        for name, fields in pending:
+            print(f"{name}: training", flush=True)
+            results["runs"][name] = run_one(fields, plan["eval_steps"], classifier, reference, args)
+            save()
+    else:  # one process per run, at most --jobs at a time; the JSON is written as each run ends
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        with ProcessPoolExecutor(max_workers=args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = {pool.submit(_run_in_worker, fields, plan["eval_steps"], vars(args)): name
+                       for name, fields in pending}
+            print(f"training {', '.join(futures.values())}: {args.jobs} at a time", flush=True)
+            for future in as_completed(futures):
+                results["runs"][futures[future]] = future.result()
+                print(f"{futures[future]}: done", flush=True)
+                save()
     save()
     print((out / "repa_digits.md").read_text())
     return 0

@@ -643,6 +643,28 @@ def test_repa_digits_dry_run_plans_every_run_and_writes_nothing(encoders, tmp_pa
     assert not (tmp_path / "runs").exists()
 
 
+def test_repa_digits_jobs_train_in_parallel_and_equal_one_at_a_time(encoders, tmp_path):
+    """--jobs 2 trains the runs in two processes, writes every run to the JSON, and gives the same numbers as
+    the runs one after another (both one thread per run)."""
+    import subprocess
+
+    common = ["--arms", "plain,repa", "--seeds", "0", "--steps", "4", "--batch-size", "8", "--warmup", "0",
+              "--hidden-size", "32", "--depth", "2", "--heads", "2", "--repa-depth", "1", "--repa-projector-dim", "16",
+              "--samples", "10", "--sampler-steps", "1", "--eval-fractions", "0.5,1.0", "--features", "on-the-fly",
+              "--encoder", str(encoders["grey"]), "--threads", "1"]
+    results = {}
+    for jobs in (1, 2):
+        out = tmp_path / f"jobs{jobs}"
+        proc = subprocess.run([sys.executable, str(REPO_ROOT / "benchmarks" / "repa_digits.py"), "--out", str(out),
+                               "--jobs", str(jobs), *common], capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        results[jobs] = json.loads((out / "repa_digits.json").read_text())["runs"]
+    assert sorted(results[2]) == ["plain-seed0", "repa-seed0"]
+    for name in results[1]:
+        assert [p["step"] for p in results[2][name]["points"]] == [2, 4]
+        assert results[2][name]["points"] == results[1][name]["points"], name
+
+
 def test_steps_to_reach_interpolates_the_fd_curve():
     runner = _load_script("repa_digits")
     curve = [(100, 50.0), (200, 30.0), (400, 10.0)]
