@@ -210,11 +210,12 @@ def check_attention_backend(cfg: TrainConfig, device: torch.device, mixed_precis
     unavailable kernel would otherwise fail the first step, after the data was read). Raises ``ConfigError``."""
     if cfg.attention_backend is None:
         return
-    from diffusers.models.attention_dispatch import (
-        AttentionBackendName,
-        _check_attention_backend_requirements,
-        dispatch_attention_fn,
-    )
+    from diffusers.models.attention_dispatch import AttentionBackendName, dispatch_attention_fn
+
+    try:  # a private helper of diffusers (the package a backend needs); the probe below tries the kernel anyway
+        from diffusers.models.attention_dispatch import _check_attention_backend_requirements as requirements
+    except ImportError:
+        requirements = None
 
     names = [b.value for b in AttentionBackendName]
     name = cfg.attention_backend
@@ -225,7 +226,8 @@ def check_attention_backend(cfg: TrainConfig, device: torch.device, mixed_precis
     heads, head_dim = arch["num_heads"], arch["hidden_size"] // arch["num_heads"]
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mixed_precision, torch.float32)
     try:
-        _check_attention_backend_requirements(AttentionBackendName(name))
+        if requirements is not None:
+            requirements(AttentionBackendName(name))
         probe = torch.Generator(device).manual_seed(0)  # the run's global RNG stays untouched
         q, k, v = (torch.randn(2, 4, heads, head_dim, device=device, dtype=dtype, generator=probe, requires_grad=True)
                    for _ in range(3))  # (N, T, H, Dh)
