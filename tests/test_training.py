@@ -323,10 +323,15 @@ def test_attention_backend_is_a_speed_choice_only(
         seen.append(getattr(backend, "value", backend))
         return real(*args, backend=backend, **kwargs)
 
+    from diffusers.models.attention_dispatch import _AttentionBackendRegistry
+
+    active = _AttentionBackendRegistry.get_active_backend()[0]
     monkeypatch.setattr(modeling, "dispatch_attention_fn", spy)
     out = tmp_path / "math"
     train(tiny(assets, out, gradient_accumulation_steps=2, attention_backend="_native_math", save_pipeline=True))
     monkeypatch.setattr(modeling, "dispatch_attention_fn", real)
+    # the process-wide backend diffusers' set_attention_backend also sets is put back (later models unaffected)
+    assert _AttentionBackendRegistry.get_active_backend()[0] == active
     # 4 steps x 2 micro-batches x 2 blocks, forward only (the backward does not call the dispatcher)
     assert seen == ["_native_math"] * 16
     assert_states_equal(load_checkpoint(out / "checkpoints" / "checkpoint-0000004"),

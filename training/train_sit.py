@@ -238,6 +238,22 @@ def check_attention_backend(cfg: TrainConfig, device: torch.device, mixed_precis
                           f"{head_dim}: {message}; pass another backend (e.g. _native_math) or none") from None
 
 
+def set_model_attention_backend(model: torch.nn.Module, name: str) -> None:
+    """``model.set_attention_backend(name)`` for this model alone. diffusers (>= 0.37) also makes ``name`` the
+    process-wide active backend, which would leak into every later model of the process (the EMA copy that draws
+    the sample grids, a pipeline loaded after ``train()`` returns); the previous active backend is put back."""
+    try:
+        from diffusers.models.attention_dispatch import _AttentionBackendRegistry as registry
+        previous = registry.get_active_backend()[0]
+    except (ImportError, AttributeError, KeyError):  # a diffusers without the registry: nothing global to keep
+        registry = previous = None
+    try:
+        model.set_attention_backend(name)
+    finally:
+        if registry is not None:
+            registry.set_active_backend(previous)
+
+
 RUNS_FILE = "runs.jsonl"
 """In ``output_dir``: one JSON line per start of the run (the first and every resume). ``config.json`` holds the
 newest start's config; this file keeps every part's, so a run trained in several processes (say across
@@ -1315,7 +1331,7 @@ def train(cfg: TrainConfig, dataset: Any | None = None) -> Path:
     if cfg.gradient_checkpointing:
         model.enable_gradient_checkpointing()
     if cfg.attention_backend is not None:  # training only: the saved pipeline keeps the model's default
-        model.set_attention_backend(cfg.attention_backend)
+        set_model_attention_backend(model, cfg.attention_backend)
     if cfg.compile == "full":
         model.compile()  # in place: the state dict keys stay those of the plain model
     elif cfg.compile == "regional":
