@@ -417,8 +417,6 @@ def _cli(argv: Sequence[str]) -> int:
     if any(arm != "plain" for _, arm, _, _ in runs) and args.features == "precomputed":
         seconds = precompute_features(args, out)
         results["features_seconds"] = results.get("features_seconds") or round(seconds, 2)
-    classifier = load_classifier()
-    reference = heldout_reference(classifier)
     command = "python benchmarks/repa_digits.py " + " ".join(argv)
 
     def save() -> None:
@@ -435,6 +433,8 @@ def _cli(argv: Sequence[str]) -> int:
         else:
             pending.append((name, fields))
     if args.jobs == 1:
+        classifier = load_classifier()
+        reference = heldout_reference(classifier)
         for name, fields in pending:
             print(f"{name}: training", flush=True)
             results["runs"][name] = run_one(fields, plan["eval_steps"], classifier, reference, args)

@@ -266,7 +266,8 @@ def _main(argv: list[str]) -> None:
         "command": "python benchmarks/train_digits.py " + " ".join(argv),
         "trainer": "training/train_sit.py", "variant": args.variant, "steps": args.steps,
         "batch_size": args.batch_size, "model": model_size(args), "mixed_precision": args.mixed_precision,
-        "compile": args.compile, "attention_backend": args.attention_backend, "train_seconds": round(seconds, 1), "device": device_name, "torch": torch.__version__,
+        "compile": args.compile, "attention_backend": args.attention_backend, "train_seconds": round(seconds, 1),
+        "device": device_name, "torch": torch.__version__,
         **({"repa": {k: getattr(cfg, k) for k in REPA_FLAGS}} if cfg.repa_encoder is not None else {}),
         # every start of the run (the trainer's runs.jsonl): a resumed run names each part's speed settings
         "parts": [{"from_step": s["from_step"], "started": s["started"], "device": s["device"], "torch": s["torch"],
