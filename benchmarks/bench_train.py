@@ -266,6 +266,23 @@ def _random_features(folder: Path, encoder: Path) -> Path:
     return folder
 
 
+DIGITS_ROWS = ("after", "before", "side loop", "repa encoder", "repa features", "irepa features")
+"""The digits suite's rows; each trainer row (all but ``side loop``) also exists with :data:`MATH_SUFFIX`."""
+MATH_SUFFIX = " math"
+
+
+def digits_rows(text: str, parser: argparse.ArgumentParser) -> list[str]:
+    """``--rows`` as a list, every name checked (an unknown one would silently time the plain trainer)."""
+    known = [*DIGITS_ROWS, *(r + MATH_SUFFIX for r in DIGITS_ROWS if r != "side loop")]
+    rows = [r.strip() for r in text.split(",") if r.strip()]
+    for row in rows:
+        if row not in known:
+            parser.error(f"--rows: unknown row {row!r}; choose from {', '.join(known)}")
+    if not rows or len(set(rows)) != len(rows):
+        parser.error(f"--rows must list distinct rows, got {text!r}")
+    return rows
+
+
 def digits_row(row: str, args: argparse.Namespace, work: Path) -> float:
     """Images/s of one row of the digits suite (one run; the caller takes the best of the repeats)."""
     import time as _time
@@ -280,17 +297,18 @@ def digits_row(row: str, args: argparse.Namespace, work: Path) -> float:
                                mixed_precision=args.mixed_precision, compile="none", checkpointing_steps=None,
                                resume=False, attention_backend=None, **train_digits.MODEL_OVERRIDES,
                                **{k: None for k in train_digits.REPA_FLAGS})
-    if row.startswith("after compile"):
+    base = row.removesuffix(MATH_SUFFIX)
+    if base == "after compile":
         flags.compile = args.compile
-    if row.endswith("math"):  # --attention_backend _native_math (no flash-attention backward on CPU)
+    if row.endswith(MATH_SUFFIX):  # --attention_backend _native_math (SDPA's fused backward is slow on CPU here)
         flags.attention_backend = "_native_math"
-    if "repa" in row:
+    if "repa" in base:
         flags.repa_encoder, flags.repa_depth = str(work / "encoder"), 2
-        if row.startswith("irepa"):  # iREPA: 3 x 3 conv projector, z-scored targets
+        if base.startswith("irepa"):  # iREPA: 3 x 3 conv projector, z-scored targets
             flags.repa_projector, flags.repa_spatial_norm = "conv", "zscore"
         else:
             flags.repa_projector_dim = args.repa_projector_dim
-        if row.endswith("repa features"):
+        if base.endswith("repa features"):
             flags.repa_features_dir = str(work / "features")
     values = {**train_digits.digits_config(flags), "save_pipeline": False, "checkpointing_steps": 10**9}
     cfg = config_from_dict(values)
@@ -307,7 +325,7 @@ def digits_row(row: str, args: argparse.Namespace, work: Path) -> float:
 
     try:
         ts.update_ema = stamped
-        if row == "before":
+        if base == "before":
             ts.StepDraws = PerSampleDraws
         if row == "side loop":
             side_loop(cfg, torch.device(args.device), stamp)
@@ -323,14 +341,14 @@ def digits_suite(args: argparse.Namespace) -> None:
     import os
     import tempfile
 
-    rows = [r.strip() for r in args.rows.split(",")]
+    rows = list(args.rows)
     if args.compile != "none":
         rows += ["after compile"] + (["after compile math"] if "after math" in rows else [])
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         if any("repa" in r for r in rows):
             _digit_encoder(work / "encoder")
-            if any(r.endswith("repa features") for r in rows):
+            if any(r.removesuffix(MATH_SUFFIX).endswith("repa features") for r in rows):
                 _random_features(work / "features", work / "encoder")
         best: dict[str, float] = {}
         for _ in range(args.repeats):  # interleaved, so a burst of load from other jobs hits every row alike
@@ -367,9 +385,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="sit: the vae/latents modes of --model; digits: the digits model through the trainer")
     parser.add_argument("--rows", default="after,after math,before,side loop,repa encoder,repa features,"
                                           "irepa features",
-                        help="digits suite: comma list of after, after math (--attention_backend _native_math), "
-                             "before, side loop, repa encoder, repa features, irepa features (conv projector, "
-                             "z-scored targets)")
+                        help="digits suite: comma list of after, before, side loop, repa encoder, repa features, "
+                             "irepa features (conv projector, z-scored targets); a trainer row + ' math' runs it with "
+                             "--attention_backend _native_math (e.g. 'repa features math')")
     parser.add_argument("--repeats", type=int, default=3, help="digits suite: runs per row (the best is shown)")
     parser.add_argument("--workers", type=int, default=0, help="digits suite: DataLoader workers")
     parser.add_argument("--repa_projector_dim", type=int, default=256,
@@ -380,6 +398,7 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     cuda = args.device == "cuda"
     if args.suite == "digits":
+        args.rows = digits_rows(args.rows, parser)
         args.batch_size = args.batch_size or 256
         args.steps = args.steps or 8
         args.warmup = max(1, args.warmup if args.warmup is not None else 2)
