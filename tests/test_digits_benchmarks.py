@@ -165,3 +165,23 @@ def test_device_checks_script_refuses_bad_calls(argv, env, message, tmp_path):
                           timeout=60)
     assert proc.returncode != 0 and message in proc.stderr, proc.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(("rows", "message"), [
+    ("after,foo", "unknown row 'foo'"),
+    ("side loop math", "unknown row 'side loop math'"),  # the deleted loop has no attention backend flag
+    ("after,after", "distinct rows"),
+    (" , ", "distinct rows"),
+])
+def test_bench_train_digits_rows_are_checked(rows, message, capsys):
+    """An unknown --rows name is refused at the door (it would otherwise time the plain trainer under its name)."""
+    import argparse
+
+    import bench_train
+
+    parser = argparse.ArgumentParser(prog="bench_train.py")
+    assert bench_train.digits_rows("after,repa features math,side loop", parser) == [
+        "after", "repa features math", "side loop"]
+    with pytest.raises(SystemExit) as exit_:
+        bench_train.digits_rows(rows, parser)
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
