@@ -22,7 +22,9 @@ are scored with the shipped digit classifier: Frechet distance of ``--samples`` 
 ``--sampler-steps`` steps, guidance ``--guidance``; the same noise for every run). Written: ``OUT/repa_digits.json``
 (every run, every point, wall times) and ``OUT/repa_digits.md`` (the tables: FD / accuracy per arm and point,
 mean and per seed; the steps REPA needs to reach plain SiT's final FD; the wall time per step of each arm and
-the alignment's cost). Finished runs are kept in the JSON and skipped when the command is run again.
+the alignment's cost). Finished runs are kept in the JSON and skipped when the command is run again; a run
+stopped part-way (its folder holds checkpoints, the JSON not yet its scores) continues from its newest checkpoint
+with ``--resume`` (the trainer's bit-exact resume; refused without it), so a long CPU comparison can span sessions.
 """
 
 from __future__ import annotations
@@ -48,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0], allow_abbrev=False)
     p.add_argument("--out", required=True, help="run folder (one sub-folder per run, the JSON and the tables)")
     p.add_argument("--dry-run", action="store_true", help="check everything, print the planned runs, train nothing")
+    p.add_argument("--resume", action="store_true",
+                   help="continue runs stopped before they were scored (killed, a session's end) from their newest "
+                        "checkpoint, bit-exactly (default: such a run is refused, nothing is overwritten)")
     p.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated subset of {', '.join(ARMS)} (default: all)")
     p.add_argument("--seeds", default="0,1", help="comma-separated training seeds (default: 0,1)")
     budget = p.add_argument_group("budget and model (defaults: the embedded digit model, a CPU-sized budget)")
@@ -283,16 +288,21 @@ def run_one(fields: dict[str, Any], eval_steps: list[int], classifier: Any, refe
             args: argparse.Namespace) -> dict[str, Any]:
     from sit_diffusers.digits import digits_dataset
     from training.config import config_from_dict
-    from training.train_sit import train
+    from training.train_sit import read_starts, train
 
     cfg = config_from_dict(fields)
+    run_dir = Path(fields["output_dir"])
     start = time.perf_counter()
     train(cfg, dataset=digits_dataset("train"))
     seconds = time.perf_counter() - start
-    run_dir = Path(fields["output_dir"])
+    starts = read_starts(run_dir)
+    from_step = int(starts[-1]["from_step"]) if starts else 0
     points = score_checkpoints(run_dir, eval_steps, classifier, reference, args)
-    return {"train_seconds": round(seconds, 2), "seconds_per_step": round(step_time(run_dir, eval_steps, seconds), 5),
-            "points": points, "repa": {k: v for k, v in fields.items() if k.startswith("repa_")}}
+    return {"train_seconds": round(seconds, 2), "parts": max(1, len(starts)),
+            "seconds_per_step": round(step_time(run_dir, eval_steps, seconds, eval_steps[-1] - from_step), 5),
+            "points": points, "repa": {k: v for k, v in fields.items() if k.startswith("repa_")},
+            "fields": {k: v for k, v in cfg.to_dict().items() if k != "resume_from_checkpoint"},
+            "scoring": scoring_settings(args)}
 
 
 def _run_in_worker(fields: dict[str, Any], eval_steps: list[int], arguments: dict[str, Any]) -> dict[str, Any]:
@@ -308,17 +318,26 @@ def _run_in_worker(fields: dict[str, Any], eval_steps: list[int], arguments: dic
     return run_one(fields, eval_steps, classifier, heldout_reference(classifier), args)
 
 
-def step_time(run_dir: Path, eval_steps: list[int], seconds: float) -> float:
-    """Wall seconds per step between the first and the last scored checkpoint (their ``train_state.json``
-    times: no start-up, model building or final pipeline export; checkpoint writes included), else the
-    whole ``train()`` call over the steps."""
-    from training.checkpoints import CHECKPOINT_PREFIX
+def step_time(run_dir: Path, eval_steps: list[int], seconds: float, steps_this_part: int) -> float:
+    """Wall seconds per step between the first and the last scored checkpoint, from the checkpoints'
+    ``train_state.json`` times (no start-up, model building or final pipeline export; checkpoint writes
+    included). A run trained in parts (``--resume``) leaves out each interval that begins where a part started
+    (``runs.jsonl``: it holds the pause and the restart). With no interval left, this part's whole ``train()``
+    call over the steps it trained."""
+    from training.checkpoints import CHECKPOINT_PREFIX, TRAIN_STATE_FILE
+    from training.train_sit import read_starts
 
-    if len(eval_steps) < 2:
-        return seconds / eval_steps[-1]
-    times = [(run_dir / "checkpoints" / f"{CHECKPOINT_PREFIX}{s:07d}" / "train_state.json").stat().st_mtime
-             for s in (eval_steps[0], eval_steps[-1])]
-    return (times[1] - times[0]) / (eval_steps[-1] - eval_steps[0])
+    restarts = {int(start["from_step"]) for start in read_starts(run_dir)[1:]}
+    stamps = {}
+    for folder in (run_dir / "checkpoints").glob(f"{CHECKPOINT_PREFIX}*"):
+        step = int(folder.name[len(CHECKPOINT_PREFIX):])
+        if eval_steps[0] <= step <= eval_steps[-1] and (folder / TRAIN_STATE_FILE).is_file():
+            stamps[step] = (folder / TRAIN_STATE_FILE).stat().st_mtime
+    ordered = sorted(stamps)
+    kept = [(a, b) for a, b in zip(ordered, ordered[1:], strict=False) if a not in restarts]
+    if not kept:
+        return seconds / max(1, steps_this_part)
+    return sum(stamps[b] - stamps[a] for a, b in kept) / sum(b - a for a, b in kept)
 
 
 # ---------------------------------------------------------------------------
@@ -395,12 +414,92 @@ def markdown(summary: dict[str, Any], plan: dict[str, Any], args: argparse.Names
     return "\n".join(lines) + "\n"
 
 
+def read_results(json_path: Path) -> dict[str, Any]:
+    """The runs finished before (``OUT/repa_digits.json``), or none; an unreadable file is refused, not replaced."""
+    from sit_diffusers.validation import InputError
+
+    if not json_path.exists():
+        return {"runs": {}}
+    try:
+        results = json.loads(json_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise InputError(f"{json_path} is not readable JSON ({err}); move it away to start the comparison again") from None
+    if not isinstance(results, dict) or not isinstance(results.get("runs"), dict):
+        raise InputError(f"{json_path} is not a repa_digits.py result (no 'runs' table); move it away or use "
+                         "another --out")
+    return results
+
+
+def scoring_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """What a run's scores depend on besides its weights."""
+    return {"samples": args.samples, "sampler_steps": args.sampler_steps, "guidance": args.guidance,
+            "sample_seed": args.sample_seed}
+
+
+def kept_run_changes(kept: dict[str, Any], fields: dict[str, Any], eval_steps: list[int],
+                     scoring: dict[str, Any]) -> list[str]:
+    """How a run finished before differs from the one planned now: the trainer's guarded settings
+    (:func:`training.config.config_changes`), the budget, the scored steps and the scoring settings."""
+    from training.config import config_changes, config_from_dict
+
+    changes = []
+    steps = [p["step"] for p in kept.get("points", [])]
+    if steps != eval_steps:
+        changes.append(f"scored steps {steps} -> {eval_steps}")
+    if "fields" in kept:  # runs from before the fields were kept are checked by their scored steps only
+        changes += config_changes(kept["fields"], config_from_dict(fields))
+        if kept["fields"].get("max_train_steps") != fields["max_train_steps"]:
+            changes.append(f"--steps {kept['fields'].get('max_train_steps')} -> {fields['max_train_steps']}")
+    if "scoring" in kept and kept["scoring"] != scoring:
+        changes.append(f"scoring {kept['scoring']} -> {scoring}")
+    return changes
+
+
+def resume_pending(runs: list[tuple[str, str, int, dict]], results: dict[str, Any], eval_steps: list[int],
+                   scoring: dict[str, Any], resume: bool) -> tuple[list[tuple[str, dict[str, Any]]], list[str]]:
+    """The runs still to train, ``(name, fields)``, and a line per run about its state. A run finished before
+    with these settings is kept (not trained again); one finished with others is refused (its scores would be
+    mixed into the tables). A run stopped part-way (checkpoints in its folder, no scores in the JSON) continues
+    from its newest checkpoint with ``resume`` (its fields get ``resume_from_checkpoint="latest"``: the trainer
+    then checks that its settings match) and is refused without it. Every refusal comes before any work."""
+    from sit_diffusers.validation import InputError
+    from training.checkpoints import CHECKPOINT_PREFIX, list_checkpoints
+    from training.config import config_from_dict
+
+    pending, notes, stopped = [], [], []
+    for name, _, _, fields in runs:
+        if name in results["runs"]:
+            changes = kept_run_changes(results["runs"][name], fields, eval_steps, scoring)
+            if changes:
+                raise InputError(f"{name} in {fields['output_dir']} was finished with other settings "
+                                 f"({'; '.join(changes)}): use another --out, or the same settings")
+            notes.append(f"{name}: done before, kept")
+            continue
+        found = list_checkpoints(config_from_dict(fields))
+        if found:
+            step = int(found[-1].name[len(CHECKPOINT_PREFIX):])
+            stopped.append(f"{name} (step {step})")
+            if resume:
+                fields = {**fields, "resume_from_checkpoint": "latest"}
+                notes.append(f"{name}: continues from its checkpoint at step {step}")
+        pending.append((name, fields))
+    if stopped and not resume:
+        many = len(stopped) > 1
+        raise InputError(f"{', '.join(stopped)} stopped before being scored: pass --resume to continue "
+                         f"{'them' if many else 'it'} from the newest checkpoint, or remove "
+                         f"{'their folders' if many else 'its folder'} to train again")
+    return pending, notes
+
+
 def _cli(argv: Sequence[str]) -> int:
     args = build_parser().parse_args(list(argv))
     plan = check_args(args)
     out = Path(args.out)
     runs = planned_runs(args, plan, out)
-    print(describe(runs, plan, args), flush=True)
+    json_path = out / "repa_digits.json"
+    results = read_results(json_path)
+    pending, notes = resume_pending(runs, results, plan["eval_steps"], scoring_settings(args), args.resume)
+    print("\n".join([describe(runs, plan, args), *notes]), flush=True)
     if args.dry_run:
         return 0
     import torch
@@ -412,8 +511,6 @@ def _cli(argv: Sequence[str]) -> int:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     out.mkdir(parents=True, exist_ok=True)
-    json_path = out / "repa_digits.json"
-    results = json.loads(json_path.read_text()) if json_path.is_file() else {"runs": {}}
     if any(arm != "plain" for _, arm, _, _ in runs) and args.features == "precomputed":
         seconds = precompute_features(args, out)
         results["features_seconds"] = results.get("features_seconds") or round(seconds, 2)
@@ -426,12 +523,6 @@ def _cli(argv: Sequence[str]) -> int:
         table = markdown(summary, plan, args, command, results.get("features_seconds"))
         write_file_atomically(out / "repa_digits.md", lambda p: p.write_text(table))
 
-    pending = []
-    for name, _, _, fields in runs:
-        if name in results["runs"]:
-            print(f"{name}: done before, kept", flush=True)
-        else:
-            pending.append((name, fields))
     if args.jobs == 1:
         classifier = load_classifier()
         reference = heldout_reference(classifier)

@@ -665,6 +665,83 @@ def test_repa_digits_jobs_train_in_parallel_and_equal_one_at_a_time(encoders, tm
         assert results[2][name]["points"] == results[1][name]["points"], name
 
 
+TINY_RUN = ["--arms", "plain", "--seeds", "0", "--steps", "4", "--batch-size", "8", "--warmup", "0",
+            "--hidden-size", "32", "--depth", "2", "--heads", "2", "--samples", "10", "--sampler-steps", "1",
+            "--eval-fractions", "0.5,1.0", "--threads", "1"]
+
+
+def test_repa_digits_resumes_a_stopped_run_and_scores_it_like_an_unbroken_one(tmp_path, capsys):
+    """A run stopped part-way (its newest checkpoint at step 2, no scores yet) is refused without --resume
+    (nothing written) and with it continues to the same numbers as the run never stopped; a finished run is
+    kept, and one finished with another budget is refused."""
+    import shutil
+
+    runner = _load_script("repa_digits")
+    whole, broken = tmp_path / "whole", tmp_path / "broken"
+    code, err, _ = _run_cli(runner, ["--out", str(whole), *TINY_RUN], capsys)
+    assert code == 0, err
+    expected = json.loads((whole / "repa_digits.json").read_text())["runs"]["plain-seed0"]
+    assert expected["parts"] == 1 and expected["fields"]["max_train_steps"] == 4
+
+    shutil.copytree(whole, broken)  # as if killed after the step-2 checkpoint: no step 4, no scores
+    run = broken / "plain-seed0"
+    shutil.rmtree(run / "checkpoints" / "checkpoint-0000004")
+    shutil.rmtree(run / "pipeline")
+    (broken / "repa_digits.json").unlink()
+    (run / "runs.jsonl").write_text((run / "runs.jsonl").read_text().replace(str(whole), str(broken)))
+    before = _files(broken)
+    code, err, _ = _run_cli(runner, ["--out", str(broken), *TINY_RUN], capsys)
+    assert code == 2 and "plain-seed0 (step 2) stopped before being scored: pass --resume" in err, err
+    assert _files(broken) == before
+
+    code, err, out = _run_cli(runner, ["--out", str(broken), "--resume", *TINY_RUN], capsys)
+    assert code == 0, err
+    assert "plain-seed0: continues from its checkpoint at step 2" in out
+    resumed = json.loads((broken / "repa_digits.json").read_text())["runs"]["plain-seed0"]
+    assert resumed["points"] == expected["points"]
+    assert resumed["parts"] == 2 and "resume_from_checkpoint" not in resumed["fields"]
+
+    code, err, out = _run_cli(runner, ["--out", str(broken), *TINY_RUN], capsys)
+    assert code == 0 and "plain-seed0: done before, kept" in out, err
+    before = _files(broken)
+    code, err, _ = _run_cli(runner, ["--out", str(broken), *TINY_RUN, "--steps", "8"], capsys)
+    assert code == 2 and "finished with other settings" in err and "--steps 4 -> 8" in err, err
+    code, err, _ = _run_cli(runner, ["--out", str(broken), *TINY_RUN, "--samples", "20"], capsys)
+    assert code == 2 and "scoring" in err and "'samples': 10" in err, err
+    assert _files(broken) == before
+
+
+@pytest.mark.parametrize("text", ["{not json", "[]", '{"plan": {}}'])
+def test_repa_digits_refuses_a_results_file_it_cannot_read(text, tmp_path, capsys):
+    runner = _load_script("repa_digits")
+    (tmp_path / "repa_digits.json").write_text(text)
+    code, err, _ = _run_cli(runner, ["--out", str(tmp_path), "--dry-run", *TINY_RUN], capsys)
+    assert code == 2 and "repa_digits.json" in err.strip().splitlines()[-1] and "Traceback" not in err, err
+    assert (tmp_path / "repa_digits.json").read_text() == text
+
+
+def test_step_time_leaves_out_the_pause_of_a_run_trained_in_parts(tmp_path):
+    """Checkpoints every 100 steps, 10 s apart, except the run was paused for an hour after step 200: the
+    interval that begins at the restart is left out; with no interval left, this part's own time is used."""
+    import os
+
+    runner = _load_script("repa_digits")
+    stamps = {100: 0.0, 200: 10.0, 300: 3630.0, 400: 3640.0}
+    for step, stamp in stamps.items():
+        folder = tmp_path / "checkpoints" / f"checkpoint-{step:07d}"
+        folder.mkdir(parents=True)
+        (folder / "train_state.json").write_text("{}")
+        os.utime(folder / "train_state.json", (1e9 + stamp, 1e9 + stamp))
+    starts = [{"from_step": 0}, {"from_step": 200}]
+    (tmp_path / "runs.jsonl").write_text("".join(json.dumps(s) + "\n" for s in starts))
+    assert runner.step_time(tmp_path, [100, 200, 400], 999.0, 200) == pytest.approx(0.1)
+    (tmp_path / "runs.jsonl").write_text("".join(json.dumps(s) + "\n" for s in starts[:1]))
+    assert runner.step_time(tmp_path, [100, 200, 400], 999.0, 400) == pytest.approx(3640.0 / 300)
+    assert runner.step_time(tmp_path, [200, 300], 50.0, 100) == pytest.approx(36.2)  # one part, no restart
+    (tmp_path / "runs.jsonl").write_text("".join(json.dumps(s) + "\n" for s in starts))
+    assert runner.step_time(tmp_path, [200, 300], 50.0, 100) == pytest.approx(0.5)  # only the restart interval
+
+
 def test_steps_to_reach_interpolates_the_fd_curve():
     runner = _load_script("repa_digits")
     curve = [(100, 50.0), (200, 30.0), (400, 10.0)]
