@@ -25,6 +25,7 @@ mean and per seed; the steps REPA needs to reach plain SiT's final FD; the wall 
 the alignment's cost). Finished runs are kept in the JSON and skipped when the command is run again; a run
 stopped part-way (its folder holds checkpoints, the JSON not yet its scores) continues from its newest checkpoint
 with ``--resume`` (the trainer's bit-exact resume; refused without it), so a long CPU comparison can span sessions.
+A repa-stop run starts from its seed's repa run at the stop step (the same run until then) instead of step 0.
 """
 
 from __future__ import annotations
@@ -175,6 +176,13 @@ def run_name(arm: str, seed: int) -> str:
     return f"{arm}-seed{seed}"
 
 
+def checkpoint_every(plan: dict[str, Any]) -> int:
+    """Every run checkpoints at each scored step and, when the repa-stop arm is planned, at its stop step
+    (where it forks from the repa run of its seed: :func:`fork_stop_run`)."""
+    stop = [plan["stop_step"]] if "repa-stop" in plan["arms"] else []
+    return math.gcd(*plan["eval_steps"], *stop)
+
+
 def train_fields(args: argparse.Namespace, plan: dict[str, Any], arm: str, seed: int, out: Path) -> dict[str, Any]:
     """The ``TrainConfig`` fields of one run: ``benchmarks/train_digits.py``'s (the digit model's data and
     objective settings, through its own parser and ``digits_config``) with this budget, checkpoints at the
@@ -188,7 +196,7 @@ def train_fields(args: argparse.Namespace, plan: dict[str, Any], arm: str, seed:
             "--steps", args.steps, "--batch-size", args.batch_size, "--lr", args.lr, "--warmup", args.warmup,
             "--ema", args.ema, "--seed", seed, "--workers", args.workers, "--out", out / run_name(arm, seed),
             "--hidden-size", args.hidden_size, "--depth", args.depth, "--num-heads", args.heads,
-            "--checkpointing-steps", math.gcd(*plan["eval_steps"])]
+            "--checkpointing-steps", checkpoint_every(plan)]
     fields = digits_config(digits_parser().parse_args([str(a) for a in argv]))
     if arm != "plain":
         fields.update(repa_encoder=args.encoder, repa_depth=args.repa_depth, repa_coeff=args.repa_coeff)
@@ -284,12 +292,48 @@ def score_checkpoints(run_dir: Path, eval_steps: list[int], classifier: Any, ref
     return rows
 
 
+def fork_stop_run(fields: dict[str, Any], source: Path) -> dict[str, Any] | None:
+    """Start a repa-stop run from the repa run of its seed (``source``): until the stop step the two are the
+    same run (the same config but ``repa_stop_step``, the same per-step draws), so the source's checkpoints up
+    to the stop step are copied into this run's folder and it resumes from the stop step's, bit-exactly
+    (tested: the scores equal those of the run trained from step 0). Returns the fields to train with
+    (``resume_from_checkpoint`` the copied stop-step checkpoint, ``allow_config_change`` for the one field
+    checked here to differ), or None when there is nothing to fork from (no checkpoint at the stop step, other
+    settings, or this run already has checkpoints of its own)."""
+    import dataclasses
+    import shutil
+
+    from training.checkpoints import CHECKPOINT_PREFIX, TRAIN_STATE_FILE, list_checkpoints
+    from training.config import config_changes, config_from_dict
+
+    cfg = config_from_dict(fields)
+    stop = cfg.repa_stop_step
+    origin = source / "checkpoints" / f"{CHECKPOINT_PREFIX}{stop:07d}"
+    if list_checkpoints(cfg) or not (origin / TRAIN_STATE_FILE).is_file():
+        return None
+    saved = json.loads((origin / TRAIN_STATE_FILE).read_text())["config"]
+    if saved.get("repa_stop_step") is not None or config_changes(saved, dataclasses.replace(cfg, repa_stop_step=None)):
+        return None
+    target = Path(cfg.output_dir) / "checkpoints"
+    target.mkdir(parents=True, exist_ok=True)
+    for folder in sorted((source / "checkpoints").glob(f"{CHECKPOINT_PREFIX}*")):
+        if int(folder.name[len(CHECKPOINT_PREFIX):]) <= stop and (folder / TRAIN_STATE_FILE).is_file():
+            shutil.copytree(folder, target / folder.name, copy_function=shutil.copy2)  # times kept: step_time
+    return {**fields, "resume_from_checkpoint": str(target / origin.name), "allow_config_change": True}
+
+
 def run_one(fields: dict[str, Any], eval_steps: list[int], classifier: Any, reference: Any,
-            args: argparse.Namespace) -> dict[str, Any]:
+            args: argparse.Namespace, fork: str | None = None) -> dict[str, Any]:
+    """Train one run (forked from ``fork``'s stop-step checkpoint when given and possible), then score it."""
     from sit_diffusers.digits import digits_dataset
     from training.config import config_from_dict
     from training.train_sit import read_starts, train
 
+    forked = fork_stop_run(fields, Path(fork)) if fork else None
+    if forked is not None:
+        fields = forked
+        print(f"{Path(fields['output_dir']).name}: forked from {Path(fork).name} at step "
+              f"{fields['repa_stop_step']} (the same run until then)", flush=True)
     cfg = config_from_dict(fields)
     run_dir = Path(fields["output_dir"])
     start = time.perf_counter()
@@ -301,11 +345,13 @@ def run_one(fields: dict[str, Any], eval_steps: list[int], classifier: Any, refe
     return {"train_seconds": round(seconds, 2), "parts": max(1, len(starts)),
             "seconds_per_step": round(step_time(run_dir, eval_steps, seconds, eval_steps[-1] - from_step), 5),
             "points": points, "repa": {k: v for k, v in fields.items() if k.startswith("repa_")},
-            "fields": {k: v for k, v in cfg.to_dict().items() if k != "resume_from_checkpoint"},
-            "scoring": scoring_settings(args)}
+            "fields": {k: v for k, v in cfg.to_dict().items() if k not in ("resume_from_checkpoint", "allow_config_change")},
+            "scoring": scoring_settings(args),
+            **({"forked_from": f"{Path(fork).name} at step {cfg.repa_stop_step}"} if forked is not None else {})}
 
 
-def _run_in_worker(fields: dict[str, Any], eval_steps: list[int], arguments: dict[str, Any]) -> dict[str, Any]:
+def _run_in_worker(fields: dict[str, Any], eval_steps: list[int], arguments: dict[str, Any],
+                   fork: str | None = None) -> dict[str, Any]:
     """:func:`run_one` in a ``--jobs`` worker process: its own threads, classifier and reference digits."""
     import torch
 
@@ -315,19 +361,20 @@ def _run_in_worker(fields: dict[str, Any], eval_steps: list[int], arguments: dic
     args = argparse.Namespace(**arguments)
     torch.set_num_threads(args.threads or 1)
     classifier = load_classifier()
-    return run_one(fields, eval_steps, classifier, heldout_reference(classifier), args)
+    return run_one(fields, eval_steps, classifier, heldout_reference(classifier), args, fork)
 
 
 def step_time(run_dir: Path, eval_steps: list[int], seconds: float, steps_this_part: int) -> float:
     """Wall seconds per step between the first and the last scored checkpoint, from the checkpoints'
     ``train_state.json`` times (no start-up, model building or final pipeline export; checkpoint writes
-    included). A run trained in parts (``--resume``) leaves out each interval that begins where a part started
-    (``runs.jsonl``: it holds the pause and the restart). With no interval left, this part's whole ``train()``
+    included). A run trained in parts (``--resume``, or a fork) leaves out each interval that begins where a
+    part started (``runs.jsonl``: it holds the pause and the restart; a fork's earlier checkpoints are the
+    source run's, with their times). With no interval left, this part's whole ``train()``
     call over the steps it trained."""
     from training.checkpoints import CHECKPOINT_PREFIX, TRAIN_STATE_FILE
     from training.train_sit import read_starts
 
-    restarts = {int(start["from_step"]) for start in read_starts(run_dir)[1:]}
+    restarts = {int(start["from_step"]) for start in read_starts(run_dir)}
     stamps = {}
     for folder in (run_dir / "checkpoints").glob(f"{CHECKPOINT_PREFIX}*"):
         step = int(folder.name[len(CHECKPOINT_PREFIX):])
@@ -455,19 +502,39 @@ def kept_run_changes(kept: dict[str, Any], fields: dict[str, Any], eval_steps: l
     return changes
 
 
+def _forked_checkpoint_fields(fields: dict[str, Any], checkpoint: Path) -> dict[str, Any] | None:
+    """A repa-stop run resumed from a checkpoint copied from its repa sibling (a fork stopped before it saved
+    one of its own): ``allow_config_change`` when ``repa_stop_step`` is the one difference, else None."""
+    import dataclasses
+
+    from training.checkpoints import TRAIN_STATE_FILE
+    from training.config import config_changes, config_from_dict
+
+    cfg = config_from_dict(fields)
+    saved = json.loads((checkpoint / TRAIN_STATE_FILE).read_text())["config"]
+    if cfg.repa_stop_step is None or saved.get("repa_stop_step") is not None:
+        return None
+    if config_changes(saved, dataclasses.replace(cfg, repa_stop_step=None)):
+        return None
+    return {**fields, "allow_config_change": True}
+
+
 def resume_pending(runs: list[tuple[str, str, int, dict]], results: dict[str, Any], eval_steps: list[int],
-                   scoring: dict[str, Any], resume: bool) -> tuple[list[tuple[str, dict[str, Any]]], list[str]]:
-    """The runs still to train, ``(name, fields)``, and a line per run about its state. A run finished before
-    with these settings is kept (not trained again); one finished with others is refused (its scores would be
-    mixed into the tables). A run stopped part-way (checkpoints in its folder, no scores in the JSON) continues
-    from its newest checkpoint with ``resume`` (its fields get ``resume_from_checkpoint="latest"``: the trainer
-    then checks that its settings match) and is refused without it. Every refusal comes before any work."""
+                   scoring: dict[str, Any], resume: bool) -> tuple[list[tuple[str, dict[str, Any], str | None]], list[str]]:
+    """The runs still to train, ``(name, fields, fork)``, and a line per run about its state. A run finished
+    before with these settings is kept (not trained again); one finished with others is refused (its scores
+    would be mixed into the tables). A run stopped part-way (checkpoints in its folder, no scores in the JSON)
+    continues from its newest checkpoint with ``resume`` (its fields get ``resume_from_checkpoint="latest"``:
+    the trainer then checks that its settings match) and is refused without it. ``fork`` is the folder of the
+    repa run a repa-stop run starts from (:func:`fork_stop_run`) when that run is planned. Every refusal comes
+    before any work."""
     from sit_diffusers.validation import InputError
     from training.checkpoints import CHECKPOINT_PREFIX, list_checkpoints
     from training.config import config_from_dict
 
+    planned = {name: fields for name, _, _, fields in runs}
     pending, notes, stopped = [], [], []
-    for name, _, _, fields in runs:
+    for name, arm, seed, fields in runs:
         if name in results["runs"]:
             changes = kept_run_changes(results["runs"][name], fields, eval_steps, scoring)
             if changes:
@@ -481,14 +548,48 @@ def resume_pending(runs: list[tuple[str, str, int, dict]], results: dict[str, An
             stopped.append(f"{name} (step {step})")
             if resume:
                 fields = {**fields, "resume_from_checkpoint": "latest"}
+                fields = _forked_checkpoint_fields(fields, found[-1]) or fields
                 notes.append(f"{name}: continues from its checkpoint at step {step}")
-        pending.append((name, fields))
+        sibling = run_name("repa", seed)
+        fork = planned[sibling]["output_dir"] if arm == "repa-stop" and sibling in planned and not found else None
+        pending.append((name, fields, fork))
+    pending.sort(key=lambda item: item[2] is not None)  # forks last: after the runs they fork from
     if stopped and not resume:
         many = len(stopped) > 1
         raise InputError(f"{', '.join(stopped)} stopped before being scored: pass --resume to continue "
                          f"{'them' if many else 'it'} from the newest checkpoint, or remove "
                          f"{'their folders' if many else 'its folder'} to train again")
     return pending, notes
+
+
+def run_pool(pending: list[tuple[str, dict[str, Any], str | None]], jobs: int, eval_steps: list[int],
+             args: argparse.Namespace, finished: Any) -> None:
+    """Train ``pending`` at most ``jobs`` at a time, each in its own spawn process; a repa-stop run whose repa
+    sibling is also pending starts once that one has finished (it forks from it). ``finished(name, result)``
+    is called as each ends."""
+    import multiprocessing
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    waiting = list(pending)
+    names = {Path(fields["output_dir"]).as_posix(): name for name, fields, _ in pending}
+    running: dict[Any, str] = {}
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        while waiting or running:
+            busy = set(running.values()) | {name for name, _, _ in waiting}
+            for item in list(waiting):
+                name, fields, fork = item
+                if len(running) >= jobs:
+                    break
+                if fork is not None and names.get(Path(fork).as_posix()) in busy:
+                    continue  # its repa sibling is still to train
+                waiting.remove(item)
+                running[pool.submit(_run_in_worker, fields, eval_steps, vars(args), fork)] = name
+                print(f"{name}: training", flush=True)
+            if not running:
+                raise RuntimeError(f"no run can start: {[name for name, _, _ in waiting]} wait for each other")
+            done, _ = wait(list(running), return_when=FIRST_COMPLETED)
+            for future in done:
+                finished(running.pop(future), future.result())
 
 
 def _cli(argv: Sequence[str]) -> int:
@@ -523,25 +624,19 @@ def _cli(argv: Sequence[str]) -> int:
         table = markdown(summary, plan, args, command, results.get("features_seconds"))
         write_file_atomically(out / "repa_digits.md", lambda p: p.write_text(table))
 
-    if args.jobs == 1:
+    def finished(name: str, result: dict[str, Any]) -> None:
+        results["runs"][name] = result
+        print(f"{name}: done", flush=True)
+        save()
+
+    if args.jobs == 1:  # in the planned order: a repa run before the repa-stop run that forks from it
         classifier = load_classifier()
         reference = heldout_reference(classifier)
-        for name, fields in pending:
+        for name, fields, fork in pending:
             print(f"{name}: training", flush=True)
-            results["runs"][name] = run_one(fields, plan["eval_steps"], classifier, reference, args)
-            save()
+            finished(name, run_one(fields, plan["eval_steps"], classifier, reference, args, fork))
     else:  # one process per run, at most --jobs at a time; the JSON is written as each run ends
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor, as_completed
-
-        with ProcessPoolExecutor(max_workers=args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures = {pool.submit(_run_in_worker, fields, plan["eval_steps"], vars(args)): name
-                       for name, fields in pending}
-            print(f"training {', '.join(futures.values())}: {args.jobs} at a time", flush=True)
-            for future in as_completed(futures):
-                results["runs"][futures[future]] = future.result()
-                print(f"{futures[future]}: done", flush=True)
-                save()
+        run_pool(pending, args.jobs, plan["eval_steps"], args, finished)
     save()
     print((out / "repa_digits.md").read_text())
     return 0

@@ -711,6 +711,51 @@ def test_repa_digits_resumes_a_stopped_run_and_scores_it_like_an_unbroken_one(tm
     assert _files(broken) == before
 
 
+def test_repa_stop_forks_from_the_repa_run_and_scores_like_one_trained_from_zero(encoders, tmp_path, capsys):
+    """The repa-stop run starts from its repa sibling's checkpoint at the stop step (one process, and with
+    --jobs 2 after the sibling has finished), and its scores equal those of a repa-stop run trained alone."""
+    import subprocess
+
+    runner = _load_script("repa_digits")
+    tiny = [*TINY_RUN[2:], "--repa-depth", "1", "--repa-projector-dim", "16", "--repa-stop-fraction", "0.25",
+            "--features", "on-the-fly", "--encoder", str(encoders["grey"])]
+    alone, forked, pooled = tmp_path / "alone", tmp_path / "forked", tmp_path / "pooled"
+    code, err, _ = _run_cli(runner, ["--out", str(alone), "--arms", "repa-stop", *tiny], capsys)
+    assert code == 0, err
+    code, err, out = _run_cli(runner, ["--out", str(forked), "--arms", "repa-stop,repa", *tiny], capsys)
+    assert code == 0, err
+    assert "repa-stop-seed0: forked from repa-seed0 at step 1" in out
+    assert out.index("repa-seed0: training") < out.index("repa-stop-seed0: training")
+    proc = subprocess.run([sys.executable, str(REPO_ROOT / "benchmarks" / "repa_digits.py"), "--out", str(pooled),
+                           "--arms", "repa,repa-stop", "--jobs", "2", *tiny], capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    expected = json.loads((alone / "repa_digits.json").read_text())["runs"]["repa-stop-seed0"]
+    assert "forked_from" not in expected
+    for folder in (forked, pooled):
+        runs = json.loads((folder / "repa_digits.json").read_text())["runs"]
+        assert runs["repa-stop-seed0"]["forked_from"] == "repa-seed0 at step 1"
+        assert runs["repa-stop-seed0"]["points"] == expected["points"], folder.name
+        assert runs["repa-stop-seed0"]["fields"] == expected["fields"] | {"output_dir": str(folder / "repa-stop-seed0")}
+        assert runs["repa-seed0"]["points"] != expected["points"]  # the stop changed the run after step 1
+
+    # a fork killed before it saved a checkpoint of its own resumes from the copied one with --resume
+    import shutil
+
+    run = forked / "repa-stop-seed0"
+    for step in (2, 3, 4):
+        shutil.rmtree(run / "checkpoints" / f"checkpoint-{step:07d}")
+    shutil.rmtree(run / "pipeline")
+    results = json.loads((forked / "repa_digits.json").read_text())
+    del results["runs"]["repa-stop-seed0"]
+    (forked / "repa_digits.json").write_text(json.dumps(results))
+    code, err, out = _run_cli(runner, ["--out", str(forked), "--arms", "repa-stop,repa", "--resume", *tiny], capsys)
+    assert code == 0, err
+    assert "repa-stop-seed0: continues from its checkpoint at step 1" in out and "repa-seed0: done before" in out
+    runs = json.loads((forked / "repa_digits.json").read_text())["runs"]
+    assert runs["repa-stop-seed0"]["points"] == expected["points"]
+
+
 @pytest.mark.parametrize("text", ["{not json", "[]", '{"plan": {}}'])
 def test_repa_digits_refuses_a_results_file_it_cannot_read(text, tmp_path, capsys):
     runner = _load_script("repa_digits")
