@@ -65,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     budget.add_argument("--hidden-size", type=int, default=192, help="SiT width (default: 192)")
     budget.add_argument("--depth", type=int, default=6, help="SiT blocks (default: 6)")
     budget.add_argument("--heads", type=int, default=3, help="attention heads (default: 3)")
+    budget.add_argument("--patch-size", type=int, default=4,
+                        help="SiT patch size, dividing 28 (default: 4, 7x7 tokens; the encoder's patch grid is "
+                             "resized to the SiT's token grid when they differ)")
     budget.add_argument("--workers", type=int, default=0, help="data-loader workers (default: 0)")
     budget.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                         help="where to train (default: cpu)")
@@ -133,6 +136,9 @@ def check_args(args: argparse.Namespace) -> dict[str, Any]:
     check_int("--heads", args.heads, minimum=1)
     if args.hidden_size % args.heads:
         raise InputError(f"--heads {args.heads} must divide --hidden-size {args.hidden_size}")
+    if 28 % check_int("--patch-size", args.patch_size, minimum=1) or args.patch_size == 28:
+        raise InputError(f"--patch-size {args.patch_size} must divide the 28 px side into 2 or more tokens "
+                         "(1, 2, 4, 7 or 14)")
     check_int("--workers", args.workers, minimum=0)
     check_choice("--device", args.device, ("cpu", "cuda"))
     if args.threads is not None:
@@ -196,6 +202,7 @@ def train_fields(args: argparse.Namespace, plan: dict[str, Any], arm: str, seed:
             "--steps", args.steps, "--batch-size", args.batch_size, "--lr", args.lr, "--warmup", args.warmup,
             "--ema", args.ema, "--seed", seed, "--workers", args.workers, "--out", out / run_name(arm, seed),
             "--hidden-size", args.hidden_size, "--depth", args.depth, "--num-heads", args.heads,
+            "--patch-size", args.patch_size,
             "--checkpointing-steps", checkpoint_every(plan)]
     fields = digits_config(digits_parser().parse_args([str(a) for a in argv]))
     if arm != "plain":
@@ -237,7 +244,7 @@ def planned_runs(args: argparse.Namespace, plan: dict[str, Any], out: Path) -> l
 
 def describe(runs: list[tuple[str, str, int, dict]], plan: dict[str, Any], args: argparse.Namespace) -> str:
     lines = [f"{len(runs)} runs of {args.steps} steps x batch {args.batch_size} (SiT {args.hidden_size} wide x "
-             f"{args.depth} deep), scored at steps {plan['eval_steps']} with {args.samples} samples each:"]
+             f"{args.depth} deep, patch {args.patch_size}), scored at steps {plan['eval_steps']} with {args.samples} samples each:"]
     if any(arm != "plain" for _, arm, _, _ in runs) and args.features == "precomputed":
         lines.append(f"  features: precompute_latents.py --vae none --repa_encoder {args.encoder} "
                      f"-> {Path(args.out) / 'features'}")
@@ -436,7 +443,8 @@ def summarize(results: dict[str, Any], plan: dict[str, Any], args: argparse.Name
 def markdown(summary: dict[str, Any], plan: dict[str, Any], args: argparse.Namespace, command: str,
              features_seconds: float | None) -> str:
     lines = [f"Command: `{command}`", "",
-             f"{args.steps} steps x batch {args.batch_size}, SiT {args.hidden_size} wide x {args.depth} deep, "
+             f"{args.steps} steps x batch {args.batch_size}, SiT {args.hidden_size} wide x {args.depth} deep, patch "
+             f"{args.patch_size}, "
              f"seeds {plan['seeds']}; REPA: encoder `{args.encoder}`, block {args.repa_depth}, lambda "
              f"{args.repa_coeff}, projector {args.repa_projector_dim}, features {args.features}; repa-stop: off after "
              f"step {plan['stop_step']}. FD to the 1,000 held-out digits and conditional accuracy of {args.samples} "

@@ -595,6 +595,9 @@ RUNNER_BAD = [
     (["--ema", "1.5"], ["--ema", "1.5"]),
     (["--heads", "5"], ["--heads 5", "--hidden-size 192"]),
     (["--repa-depth", "7"], ["--repa-depth", "7", "--depth 6"]),
+    (["--patch-size", "5"], ["--patch-size 5", "divide the 28 px side"]),
+    (["--patch-size", "28"], ["--patch-size 28", "2 or more tokens"]),
+    (["--patch-size", "0"], ["--patch-size", "0"]),
     (["--repa-depth", "0"], ["--repa-depth", "0"]),
     (["--repa-coeff", "-1"], ["--repa-coeff", "-1"]),
     (["--repa-projector-dim", "0"], ["--repa-projector-dim", "0"]),
@@ -632,7 +635,7 @@ def test_repa_digits_dry_run_plans_every_run_and_writes_nothing(encoders, tmp_pa
     argv = ["--out", str(tmp_path / "runs"), "--encoder", str(encoders["grey"]), "--dry-run", "--steps", "400"]
     code, err, out = _run_cli(runner, argv, capsys)
     assert code == 0, err
-    assert "8 runs of 400 steps" in out and "scored at steps [100, 200, 400]" in out
+    assert "8 runs of 400 steps" in out and "scored at steps [100, 200, 400]" in out and "patch 4)" in out
     for arm in ("plain", "repa", "repa-stop", "irepa"):
         for seed in (0, 1):
             assert f"{arm}-seed{seed}: output_dir" in out

@@ -196,6 +196,8 @@ def run_cli(
     * :class:`InputError` and ``user_errors`` (bad flags, files, data): ``prog: error: ...``, status 2;
     * :class:`NonFiniteError`: ``prog: error: ...``, status 1 (the body must not have written output);
     * ``KeyboardInterrupt``: ``prog: interrupted``, status 130.
+    * ``BrokenPipeError`` (its output piped into a reader that stopped, e.g. ``| head``): quiet, status 141 as a
+      shell reports SIGPIPE; the rest of the output goes to the null device.
 
     Anything else is a bug and keeps its traceback. ``--debug`` in ``argv`` re-raises every error with its
     traceback (the CLI's parser declares the flag so that ``--help`` lists it).
@@ -221,4 +223,12 @@ def run_cli(
             raise
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        if debug:
+            raise
+        try:  # Python flushes stdout again at exit, which would raise once more
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        return 141
     return 0 if status is None else int(status)
