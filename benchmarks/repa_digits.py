@@ -299,6 +299,17 @@ def score_checkpoints(run_dir: Path, eval_steps: list[int], classifier: Any, ref
     return rows
 
 
+def same_run_until_stop(saved: dict[str, Any], cfg: Any) -> bool:
+    """Whether a checkpoint's ``saved`` config is the repa run that the repa-stop run ``cfg`` equals until its
+    stop step: no stop step of its own, every other guarded setting the same."""
+    import dataclasses
+
+    from training.config import config_changes
+
+    return (cfg.repa_stop_step is not None and saved.get("repa_stop_step") is None
+            and not config_changes(saved, dataclasses.replace(cfg, repa_stop_step=None)))
+
+
 def fork_stop_run(fields: dict[str, Any], source: Path) -> dict[str, Any] | None:
     """Start a repa-stop run from the repa run of its seed (``source``): until the stop step the two are the
     same run (the same config but ``repa_stop_step``, the same per-step draws), so the source's checkpoints up
@@ -307,19 +318,17 @@ def fork_stop_run(fields: dict[str, Any], source: Path) -> dict[str, Any] | None
     (``resume_from_checkpoint`` the copied stop-step checkpoint, ``allow_config_change`` for the one field
     checked here to differ), or None when there is nothing to fork from (no checkpoint at the stop step, other
     settings, or this run already has checkpoints of its own)."""
-    import dataclasses
     import shutil
 
     from training.checkpoints import CHECKPOINT_PREFIX, TRAIN_STATE_FILE, list_checkpoints
-    from training.config import config_changes, config_from_dict
+    from training.config import config_from_dict
 
     cfg = config_from_dict(fields)
     stop = cfg.repa_stop_step
     origin = source / "checkpoints" / f"{CHECKPOINT_PREFIX}{stop:07d}"
     if list_checkpoints(cfg) or not (origin / TRAIN_STATE_FILE).is_file():
         return None
-    saved = json.loads((origin / TRAIN_STATE_FILE).read_text())["config"]
-    if saved.get("repa_stop_step") is not None or config_changes(saved, dataclasses.replace(cfg, repa_stop_step=None)):
+    if not same_run_until_stop(json.loads((origin / TRAIN_STATE_FILE).read_text())["config"], cfg):
         return None
     target = Path(cfg.output_dir) / "checkpoints"
     target.mkdir(parents=True, exist_ok=True)
@@ -513,18 +522,11 @@ def kept_run_changes(kept: dict[str, Any], fields: dict[str, Any], eval_steps: l
 def _forked_checkpoint_fields(fields: dict[str, Any], checkpoint: Path) -> dict[str, Any] | None:
     """A repa-stop run resumed from a checkpoint copied from its repa sibling (a fork stopped before it saved
     one of its own): ``allow_config_change`` when ``repa_stop_step`` is the one difference, else None."""
-    import dataclasses
-
     from training.checkpoints import TRAIN_STATE_FILE
-    from training.config import config_changes, config_from_dict
+    from training.config import config_from_dict
 
-    cfg = config_from_dict(fields)
     saved = json.loads((checkpoint / TRAIN_STATE_FILE).read_text())["config"]
-    if cfg.repa_stop_step is None or saved.get("repa_stop_step") is not None:
-        return None
-    if config_changes(saved, dataclasses.replace(cfg, repa_stop_step=None)):
-        return None
-    return {**fields, "allow_config_change": True}
+    return {**fields, "allow_config_change": True} if same_run_until_stop(saved, config_from_dict(fields)) else None
 
 
 def resume_pending(runs: list[tuple[str, str, int, dict]], results: dict[str, Any], eval_steps: list[int],
