@@ -132,11 +132,17 @@ def installed_defaults(folder: Path = EMBEDDED_DIR) -> tuple[dict[str, Any], lis
 
 def install(pipeline_dir: Path, dest: Path, info: dict[str, Any], defaults_from: Path = EMBEDDED_DIR) -> None:
     """Copy a trained pipeline to ``dest`` with float16 weights, digit names, and the sampler and pipeline
-    defaults of the model installed in ``defaults_from`` (written to a temporary folder, then renamed)."""
+    defaults of the model installed in ``defaults_from`` (written to a temporary folder, then renamed).
+
+    The folder is saved as the package's own data: diffusers' plain ``save_pretrained``, so ``model_index.json``
+    names the package's modules (``sit_diffusers.scheduling_sit``, ...) and no code files are written
+    (``SiTPipeline.save_pretrained`` adds them for Hub repos, which are loaded without the package)."""
     import torch
+    from diffusers import DiffusionPipeline
 
     from sit_diffusers.digits import DIGIT_NAMES
     from sit_diffusers.pipeline_sit import SiTPipeline
+    from sit_diffusers.remote_code import strip_load_paths
 
     sampler_config, (module, name), defaults = installed_defaults(defaults_from)
     pipe = SiTPipeline.from_pretrained(str(pipeline_dir))
@@ -147,7 +153,8 @@ def install(pipeline_dir: Path, dest: Path, info: dict[str, Any], defaults_from:
     pipe.transformer.to(torch.float16)
     tmp = dest.with_name(dest.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    pipe.save_pretrained(str(tmp))
+    DiffusionPipeline.save_pretrained(pipe, str(tmp))
+    strip_load_paths(tmp)  # no path of this machine in the shipped configs
     (tmp / "training.json").write_text(json.dumps(info, indent=2))
     old = dest.with_name(dest.name + ".old")
     shutil.rmtree(old, ignore_errors=True)
@@ -261,18 +268,21 @@ def _main(argv: list[str]) -> None:
     except (ConfigError, DataError) as err:  # the trainer's message, with the flags as typed here
         raise type(err)(as_typed(str(err))) from err
     seconds = time.perf_counter() - t0
+    starts = read_starts(args.out)
     device_name = torch.cuda.get_device_name() if args.device == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
     info = {
         "command": "python benchmarks/train_digits.py " + " ".join(argv),
         "trainer": "training/train_sit.py", "variant": args.variant, "steps": args.steps,
         "batch_size": args.batch_size, "model": model_size(args), "mixed_precision": args.mixed_precision,
-        "compile": args.compile, "attention_backend": args.attention_backend, "train_seconds": round(seconds, 1),
+        "compile": args.compile, "attention_backend": args.attention_backend,
+        # this call's time only when it trained the whole run; a run trained in parts (see parts) has none
+        "train_seconds": round(seconds, 1) if len(starts) == 1 and starts[0]["from_step"] == 0 else None,
         "device": device_name, "torch": torch.__version__,
         **({"repa": {k: getattr(cfg, k) for k in REPA_FLAGS}} if cfg.repa_encoder is not None else {}),
         # every start of the run (the trainer's runs.jsonl): a resumed run names each part's speed settings
         "parts": [{"from_step": s["from_step"], "started": s["started"], "device": s["device"], "torch": s["torch"],
                    **{k: s["config"].get(k) for k in ("mixed_precision", "compile", "attention_backend")}}
-                  for s in read_starts(args.out)],
+                  for s in starts],
     }
     (args.out / "training.json").write_text(json.dumps(info, indent=2))
     print(json.dumps(info))

@@ -97,6 +97,14 @@ def test_install_takes_the_installed_sampler_and_defaults(walk_runs, tmp_path):
     weights = load_file(dest / "transformer" / "diffusion_pytorch_model.safetensors")
     assert all(v.dtype == torch.float16 for v in weights.values()) and pipe.id2label[3] == "3"
     assert json.loads((dest / "training.json").read_text()) == {"steps": 3}
+    # the package's own data: its modules named, no code files (those are for Hub repos loaded without it)
+    assert not list(dest.rglob("*.py"))
+    saved = json.loads((dest / "model_index.json").read_text())
+    assert saved["_class_name"] == "SiTPipeline"
+    assert saved["scheduler"] == ["sit_diffusers.scheduling_sit", "SiTSampler"]
+    assert saved["transformer"] == ["sit_diffusers.modeling_sit", "SiTTransformer2DModel"]
+    for config in (dest / "model_index.json", dest / "transformer" / "config.json", dest / "scheduler" / "scheduler_config.json"):
+        assert "_name_or_path" not in json.loads(config.read_text()), config  # no path of the training machine
 
 
 BAD_FLAGS = [

@@ -317,8 +317,17 @@ def write_code(folder: str | os.PathLike, export: CodeExport) -> None:
     for component, entry in export.components.items():
         if list(index.get(component) or []) == export.replaces[component]:  # not when diffusers could not save it
             index[component] = list(entry)
-    index.pop("_name_or_path", None)  # where it was loaded from: a path on the saving machine
     _write_json(folder / INDEX_FILE, index)
+    strip_load_paths(folder)
+
+
+def strip_load_paths(folder: str | os.PathLike) -> None:
+    """Remove ``_name_or_path`` (where the pipeline was loaded from: a path on the saving machine) from a saved
+    folder's ``model_index.json`` and its components' configs; files without it are left untouched."""
+    folder = Path(folder)
+    index = read_model_index(folder)
+    if index.pop("_name_or_path", None) is not None:
+        _write_json(folder / INDEX_FILE, index)
     for component in index:
         for config_name in COMPONENT_CONFIG_FILES:
             path = folder / component / config_name
