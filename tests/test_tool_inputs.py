@@ -370,6 +370,8 @@ EVAL_CASES = [
     pytest.param(["evaluate", "--seed", str(2**64 - 1)], [f"--seed {2**64 - 1} is too large", "4 batches"],
                  id="seed-overflows-batches"),
     pytest.param(["evaluate", "--threads", "-1"], ["--threads must be >= 0, got -1"], id="threads-negative"),
+    pytest.param(["evaluate", "--preset", "ode-heum"], ["unknown --preset 'ode-heum'", "did you mean 'ode-heun'"],
+                 id="preset-unknown"),
     pytest.param(["evaluate", "--classifier", "{files}/missing.safetensors"],
                  ["--classifier", "missing.safetensors", "does not exist"], id="classifier-missing"),
     pytest.param(["evaluate", "--classifier", "{files}/folder"], ["--classifier", "folder", "is a folder"],

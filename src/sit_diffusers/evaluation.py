@@ -53,6 +53,7 @@ from .validation import (
     CLIParser,
     InputError,
     NonFiniteError,
+    check_choice,
     check_device,
     check_float,
     check_int,
@@ -327,7 +328,11 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--num-samples", type=int, default=1000,
                     help=f"images to generate, 2 .. {10 * TRAIN_PER_CLASS} (the floor draws as many training "
                          "digits; default 1000)")
-    ev.add_argument("--steps", type=int, default=None, help="num_inference_steps >= 1 (default: the pipeline's)")
+    ev.add_argument("--preset", default=None,
+                    help="a sampler preset of sit_diffusers.sampling.SAMPLER_PRESETS instead of the pipeline's saved "
+                         "sampler, e.g. ode-heun (with --steps 10: the earlier headline setting)")
+    ev.add_argument("--steps", type=int, default=None,
+                    help="num_inference_steps >= 1 (default: the pipeline's, or the preset's)")
     ev.add_argument("--guidance-scale", type=float, default=None,
                     help=f"finite >= 0; default: {EMBEDDED_GUIDANCE_SCALE} for the embedded model, else 1.0")
     ev.add_argument("--seed", type=int, default=0, help="seed of the first batch, an integer >= 0")
@@ -452,8 +457,14 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
         raise InputError(f"--seed {seed} is too large: batch b is seeded --seed + b, and the {batches} batches "
                          f"need --seed <= {MAX_SEED - (batches - 1)} (2**64 - {batches})")
     threads = check_int("--threads", args.threads, minimum=0)
+    if args.preset is not None:
+        from .sampling import SAMPLER_PRESETS
+
+        check_choice("--preset", args.preset, SAMPLER_PRESETS)
     classifier = load_classifier(args.classifier, name="--classifier")
     pipe = _check_model_ref(args.model)
+    if args.preset is not None:
+        pipe.set_sampler(args.preset)  # keeps what the model was trained for (path, prediction, eps)
     if scale is None:
         scale = 1.0 if args.model else EMBEDDED_GUIDANCE_SCALE
     _check_pipeline_fits(pipe, args.model, scale, steps)
@@ -469,7 +480,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
     spi = (time.perf_counter() - t0) / len(labels)
     rows = [
         real_floor(classifier, num_samples, reference),
-        evaluate_images(f"SiT ({args.model or 'embedded'}), cfg {scale}", images, labels, classifier, reference, spi),
+        evaluate_images(f"SiT ({args.model or 'embedded'}), cfg {scale}"
+                        + (f", {args.preset}" if args.preset else "") + (f" {steps} steps" if steps else ""),
+                        images, labels, classifier, reference, spi),
     ]
     print(format_table(rows))
     if args.json:
