@@ -113,12 +113,12 @@ def test_digits_card_has_the_dataset_no_base_model_and_our_own_numbers():
     assert metadata["datasets"] == ["ylecun/mnist"]
     data = ModelCard(text).data
     values = {r.metric_type: r.metric_value for r in data.eval_results}
-    assert values == {"accuracy": 0.989, "frechet_distance": 15.69}
-    assert "| **98.9%** | **15.69** |" in body  # the same numbers as the card's table
+    assert values == {"accuracy": 0.993, "frechet_distance": 13.78}
+    assert "| **99.3%** | **13.78** |" in body  # the same numbers as the card's table
     for result in data.eval_results:
         assert "measured by sit-diffusers" in result.metric_name and "guidance 1.5" in result.metric_name
         assert result.metric_args == {"command": "python benchmarks/digits_experiments.py guidance --model "
-                                                 "src/sit_diffusers/data/sit-digits --device cuda"}
+                                                 "src/sit_diffusers/data/sit-digits --device cpu"}
 
 
 def test_space_card_follows_the_spaces_config_rules():
